@@ -1,0 +1,135 @@
+"""Flat parameter buckets: one contiguous buffer per (param group, device, dtype).
+
+A bucket owns flat 1-D buffers for the weights, the gradients, the saved first gradient ``g_sgd``,
+the momentum buffer and (adaptive SAM only) the perturbation ``e``. Each parameter's ``.data`` and
+``.grad`` become views into the weight and gradient buffers, keeping the parameter's own strides
+(a channels_last conv stays channels_last), so kernels see one long aligned vector while the model
+sees its usual tensors. The buffers are padded with zeros to a multiple of ``ALIGN`` elements.
+
+Kernels know nothing of buckets; the optimizer knows nothing of kernels: it hands ``bucket.flat_*``
+tensors to whichever backend it chose.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+ALIGN = 128  # elements; kernels may rely on it (128-bit vector loads, block sizes dividing n)
+
+
+def padded_length(n: int, align: int = ALIGN) -> int:
+    return max(align, (n + align - 1) // align * align)
+
+
+def _dense_strides(t: Tensor) -> tuple[int, ...]:
+    """``t``'s strides when it is dense and non-overlapping (any dim order), else contiguous ones."""
+    order = sorted(range(t.dim()), key=lambda d: (t.stride(d), -d))
+    expected = 1
+    for d in order:
+        if t.size(d) != 1 and t.stride(d) != expected:
+            return torch.empty(t.shape, device="meta").stride()
+        expected *= t.size(d)
+    return t.stride()
+
+
+class FlatBucket:
+    """Parameters of one group on one device with one dtype, packed into flat buffers."""
+
+    def __init__(self, params: Sequence[Tensor], momentum_state: Sequence[Optional[Tensor]]):
+        if not params:
+            raise ValueError("a FlatBucket needs at least one parameter")
+        self.params = list(params)
+        self.device = params[0].device
+        self.dtype = params[0].dtype
+        self.numels = [p.numel() for p in params]
+        self.offsets = []
+        offset = 0
+        for n in self.numels:
+            self.offsets.append(offset)
+            offset += n
+        self.n_valid = offset
+        self.n = padded_length(offset)
+        self.n_pad = self.n - self.n_valid
+
+        def zeros() -> Tensor:
+            return torch.zeros(self.n, dtype=self.dtype, device=self.device)
+
+        self.flat_param = zeros()
+        self.flat_grad = zeros()
+        self.flat_g_sgd = zeros()
+        self.flat_momentum: Optional[Tensor] = None
+        self.flat_e: Optional[Tensor] = None
+        self.strides = [_dense_strides(p) for p in params]
+        self.param_views = [self._view(self.flat_param, i) for i in range(len(params))]
+        self.grad_views = [self._view(self.flat_grad, i) for i in range(len(params))]
+        self.momentum_views: list[Tensor] = []
+
+        with torch.no_grad():
+            for p, view in zip(self.params, self.param_views):
+                view.copy_(p.data)
+                p.data = view
+            for p, view in zip(self.params, self.grad_views):
+                if p.grad is not None:
+                    view.copy_(p.grad)
+                p.grad = view
+            if any(buf is not None for buf in momentum_state):
+                momentum_views = self.momentum()
+                for view, buf in zip(momentum_views, momentum_state):
+                    if buf is not None:
+                        view.copy_(buf)
+
+    def _view(self, flat: Tensor, i: int) -> Tensor:
+        p = self.params[i]
+        return flat.as_strided(p.shape, self.strides[i], self.offsets[i])
+
+    # ------------------------------------------------------------------ state buffers
+    def momentum(self) -> list[Tensor]:
+        """Per-parameter views of the (lazily allocated, zero-initialised) momentum buffer."""
+        if self.flat_momentum is None:
+            self.flat_momentum = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+            self.momentum_views = [self._view(self.flat_momentum, i) for i in range(len(self.params))]
+        return self.momentum_views
+
+    def perturbation(self) -> Tensor:
+        """Flat buffer for the adaptive perturbation ``e`` (w*w*g*s cannot be recomputed from w + e)."""
+        if self.flat_e is None:
+            self.flat_e = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        return self.flat_e
+
+    # ------------------------------------------------------------------ binding checks
+    def params_bound(self) -> bool:
+        """False when something replaced a parameter's storage (``model.to()``, ``p.data = ...``)."""
+        return all(p.data_ptr() == v.data_ptr() for p, v in zip(self.params, self.param_views))
+
+    def gather_grads(self) -> None:
+        """Make every ``p.grad`` the bucket view again, copying in a grad that stopped being one.
+
+        A grad that is ``None`` (``set_to_none``) counts as zero.
+        """
+        with torch.no_grad():
+            for p, view in zip(self.params, self.grad_views):
+                grad = p.grad
+                if grad is view:
+                    continue
+                if grad is None:
+                    view.zero_()
+                elif grad.data_ptr() != view.data_ptr() or grad.stride() != view.stride():
+                    view.copy_(grad)
+                p.grad = view
+
+    def zero_grad(self) -> None:
+        self.flat_grad.zero_()
+
+    def release(self) -> None:
+        """Give every parameter (and its momentum state) its own storage again."""
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                p.data = p.data.clone()
+                if p.grad is self.grad_views[i]:
+                    p.grad = p.grad.clone()
+
+    def __repr__(self) -> str:
+        return (f"FlatBucket({len(self.params)} params, {self.n_valid} elements padded to {self.n}, "
+                f"{self.dtype}, {self.device})")
