@@ -1,0 +1,395 @@
+"""One training run (one optimizer): epochs, two-pass SAM/SANER steps, metrics, checkpoint and resume.
+
+Reproducibility: the model is initialised from ``torch.manual_seed(seed)``; the data order and the
+augmentation draw from a private CPU generator seeded with ``seed + 1``; both generator states, the
+global CPU/CUDA RNG states, the model, the optimizer, the alpha schedule and the metric history are in the
+per-epoch checkpoint, so ``--resume`` continues to the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DeviceData
+from .models import build_model
+from .report import JsonlLog
+
+OPTIMIZERS = ("sgd", "sam", "saner")
+CKPT_VERSION = 1
+
+
+@dataclass
+class Config:
+    dataset: str = "digits"
+    data_dir: str = "data"
+    model: str = "smallcnn"
+    width: int = 32
+    dropout: float = 0.0
+    noise: str = "sym"
+    noise_rate: float = 0.4
+    asym100: str = "block"
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    dampening: float = 0.0
+    rho: float = 0.1
+    alpha: float = 0.5
+    k: int = 50
+    adaptive: bool = False
+    eps: float = 1e-8
+    milestones: tuple = (0.5, 0.75)
+    lr_gamma: float = 0.1
+    backend: str = "auto"
+    bn_stats: str = "first"
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    groups_every: int = 10
+    eval_batch_size: int = 1000
+    out: str = "runs/default"
+
+    # fields that must match for --resume to continue a checkpoint
+    RESUME_KEYS = ("dataset", "model", "width", "noise", "noise_rate", "asym100", "epochs", "batch_size", "lr",
+                   "momentum", "weight_decay", "nesterov", "dampening", "rho", "alpha", "k", "adaptive", "eps",
+                   "milestones", "lr_gamma", "bn_stats", "augment", "seed")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available in this PyTorch build/machine; use --device cpu")
+    return dev
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """Step schedule: x lr_gamma at each milestone (fractions of the epochs, paper: 50% and 75%)."""
+    passed = sum(epoch >= int(round(m * cfg.epochs)) for m in cfg.milestones)
+    return cfg.lr * cfg.lr_gamma ** passed
+
+
+def _filtered_kwargs(cls, kwargs: dict) -> dict:
+    try:
+        sig = inspect.signature(cls.__init__)
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in sig.parameters}
+
+
+def build_optimizer(name: str, params, cfg: Config):
+    """Returns (optimizer, alpha scheduler or None)."""
+    if name == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                              nesterov=cfg.nesterov, dampening=cfg.dampening)
+        return opt, None
+    try:
+        from saner_kernels import SAM, SANER, AlphaScheduler
+    except ImportError as exc:
+        raise RuntimeError(f"--optimizer {name} needs saner_kernels.SANER/SAM, which cannot be imported: {exc}") from exc
+    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, rho=cfg.rho,
+                  adaptive=cfg.adaptive, nesterov=cfg.nesterov, dampening=cfg.dampening, eps=cfg.eps,
+                  backend=cfg.backend, track_groups=True)
+    if name == "sam":
+        return SAM(params, **_filtered_kwargs(SAM, kwargs)), None
+    if name == "saner":
+        opt = SANER(params, alpha=cfg.alpha, **kwargs)
+        return opt, AlphaScheduler(opt, k=cfg.k)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module, freeze: bool = True):
+    """BatchNorm layers normalise with the batch statistics but leave running_mean/var and
+    num_batches_tracked untouched (``track_running_stats`` off for the duration)."""
+    if not freeze:
+        yield
+        return
+    mods = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in mods:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.track_running_stats = True
+
+
+class Progress:
+    """A minimal progress bar on stderr (only when it is a terminal)."""
+
+    def __init__(self, total: int, prefix: str, enabled: Optional[bool] = None):
+        self.total, self.prefix = total, prefix
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = time.time()
+        self.n = 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.enabled and (self.n == self.total or self.n % max(1, self.total // 50) == 0):
+            frac = self.n / max(1, self.total)
+            bar = "#" * int(30 * frac)
+            el = time.time() - self.t0
+            eta = el / frac - el if frac > 0 else 0.0
+            sys.stderr.write(f"\r{self.prefix} [{bar:<30}] {self.n}/{self.total} {el:.0f}s<{eta:.0f}s ")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * (len(self.prefix) + 60) + "\r")
+            sys.stderr.flush()
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    st = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(st["torch"])
+    gen.set_state(st["data"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _group_fractions(opt) -> Optional[dict]:
+    fn = getattr(opt, "group_fractions", None)
+    if fn is None:
+        return None
+    try:
+        fr = fn()
+    except Exception:
+        return None
+    if not fr:
+        return None
+    return {k: float(v) for k, v in fr.items()}
+
+
+class Run:
+    """One optimizer's training run, resumable from ``<out>/<name>/checkpoint.pt``."""
+
+    def __init__(self, cfg: Config, optimizer: str, data: DeviceData, num_classes: int, in_channels: int,
+                 name: Optional[str] = None, log: Callable[[str], None] = print, progress: Optional[bool] = None,
+                 extra_header: Optional[dict] = None):
+        self.cfg, self.opt_name, self.data = cfg, optimizer, data
+        self.name = name or optimizer
+        self.log, self.progress = log, progress
+        self.device = data.device
+        self.dir = os.path.join(cfg.out, self.name)
+        self.ckpt_path = os.path.join(self.dir, "checkpoint.pt")
+        self.jsonl = JsonlLog(os.path.join(self.dir, "log.jsonl"))
+        self.header = {"type": "config", "run": self.name, "optimizer": optimizer, **cfg.to_dict(), **(extra_header or {})}
+
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, num_classes, in_channels, cfg.width, cfg.dropout).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward_model = self.model
+        if cfg.compile:
+            if not hasattr(torch, "compile"):
+                raise SystemExit("--compile needs torch.compile (PyTorch >= 2.0)")
+            self.forward_model = torch.compile(self.model)
+        self.opt, self.alpha_sched = build_optimizer(optimizer, self.model.parameters(), cfg)
+        self.two_pass = optimizer in ("sam", "saner")
+        self.gen = torch.Generator()
+        self.gen.manual_seed(cfg.seed + 1)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
+                         else contextlib.nullcontext())
+        self._first_forward_done = False
+
+    # -- checkpoint -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "version": CKPT_VERSION, "epoch": self.epoch, "config": self.cfg.to_dict(), "optimizer_name": self.opt_name,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "alpha_scheduler": self.alpha_sched.state_dict() if self.alpha_sched is not None else None,
+            "rng": _rng_state(self.gen), "history": self.history,
+        }
+
+    def load(self, ck: dict) -> None:
+        saved = ck["config"]
+        now = self.cfg.to_dict()
+        diff = [k for k in Config.RESUME_KEYS if saved.get(k) != now.get(k)]
+        if diff or ck.get("optimizer_name") != self.opt_name:
+            raise SystemExit(f"--resume: {self.ckpt_path} was written with different settings "
+                             f"({', '.join(f'{k}: {saved.get(k)!r} vs {now.get(k)!r}' for k in diff) or 'optimizer'}); "
+                             f"use another --out or drop --resume")
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.alpha_sched is not None and ck["alpha_scheduler"] is not None:
+            self.alpha_sched.load_state_dict(ck["alpha_scheduler"])
+        _set_rng_state(ck["rng"], self.gen)
+        self.history = list(ck["history"])
+        self.epoch = ck["epoch"]
+
+    def try_resume(self) -> bool:
+        if not os.path.isfile(self.ckpt_path):
+            return False
+        self.load(load_checkpoint(self.ckpt_path))
+        # the log is rebuilt from the checkpoint: epochs logged after it (a killed run) are dropped
+        self.jsonl.rewrite([self.header] + [{"type": "epoch", **r} for r in self.history])
+        return True
+
+    def save(self) -> None:
+        save_checkpoint(self.state_dict(), self.ckpt_path)
+
+    # -- training ---------------------------------------------------------------------------------
+    def _loss(self, x, y):
+        with self.autocast:
+            out = self.forward_model(x)
+        return F.cross_entropy(out.float(), y)
+
+    def _checked_loss(self, x, y):
+        if self._first_forward_done:
+            return self._loss(x, y)
+        try:
+            loss = self._loss(x, y)
+        except Exception as exc:
+            hints = []
+            if self.cfg.compile:
+                hints.append("--compile (torch.compile needs a working C++ compiler / Triton for this device)")
+            if self.cfg.amp != "none":
+                hints.append(f"--amp {self.cfg.amp} (needs bf16 support for these ops on {self.device.type})")
+            if self.cfg.channels_last:
+                hints.append("--channels-last")
+            if hints:
+                raise SystemExit(f"the first forward pass failed ({type(exc).__name__}: {exc}); "
+                                 f"try without: {', '.join(hints)}") from exc
+            raise
+        self._first_forward_done = True
+        return loss
+
+    def train_epoch(self) -> dict:
+        cfg, model, opt = self.cfg, self.model, self.opt
+        lr = lr_at(cfg, self.epoch)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        alpha = opt.param_groups[0].get("alpha", None) if self.two_pass else None
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        fr_sum, fr_n = {"A": 0.0, "B": 0.0, "C": 0.0}, 0
+        nb = self.data.num_train_batches(cfg.batch_size)
+        bar = Progress(nb, f"{self.name} epoch {self.epoch + 1}/{cfg.epochs}", self.progress)
+        for step, (_, x, y) in enumerate(self.data.train_batches(cfg.batch_size, self.gen)):
+            if not self.two_pass:
+                loss = self._checked_loss(x, y)
+                opt.zero_grad(set_to_none=False)
+                loss.backward()
+                opt.step()
+            else:
+                with frozen_bn_stats(model, cfg.bn_stats == "second"):
+                    loss = self._checked_loss(x, y)
+                    loss.backward()
+                opt.first_step(zero_grad=True)
+                with frozen_bn_stats(model, cfg.bn_stats == "first"):
+                    self._loss(x, y).backward()
+                opt.second_step(zero_grad=True)
+                if cfg.groups_every > 0 and (step % cfg.groups_every == 0 or step == nb - 1):
+                    fr = _group_fractions(opt)
+                    if fr is not None:
+                        for k in fr_sum:
+                            fr_sum[k] += fr.get(k, 0.0)
+                        fr_n += 1
+            loss_sum += loss.detach().float() * x.shape[0]
+            bar.update()
+        bar.close()
+        if self.alpha_sched is not None:
+            self.alpha_sched.step()
+        out = {"lr": lr, "alpha": alpha, "train_loss": float(loss_sum) / self.data.n_train}
+        for k in fr_sum:
+            out[f"group_{k.lower()}"] = fr_sum[k] / fr_n if fr_n else None
+        return out
+
+    @torch.no_grad()
+    def predict(self, split: str) -> torch.Tensor:
+        self.model.eval()
+        preds = []
+        for x, _ in self.data.eval_batches(split, self.cfg.eval_batch_size):
+            with self.autocast:
+                preds.append(self.forward_model(x).argmax(1))
+        self.model.train()
+        return torch.cat(preds)
+
+    def evaluate(self) -> dict:
+        d = self.data
+        p_train = self.predict("train")
+        p_test = self.predict("test")
+        clean = ~d.is_noisy
+        noisy = d.is_noisy
+        n_noisy = int(noisy.sum())
+
+        def frac(mask_ok, mask):
+            n = int(mask.sum())
+            return float((mask_ok & mask).sum()) / n if n else float("nan")
+
+        return {
+            "train_clean_acc": frac(p_train == d.y_clean, clean),
+            "noisy_fit_acc": frac(p_train == d.y_noisy, noisy) if n_noisy else None,
+            "noisy_true_acc": frac(p_train == d.y_clean, noisy) if n_noisy else None,
+            "train_noisy_label_acc": float((p_train == d.y_noisy).float().mean()),
+            "test_acc": float((p_test == d.y_test).float().mean()),
+        }
+
+    def fit(self, resume: bool = False) -> list[dict]:
+        cfg = self.cfg
+        if resume and self.try_resume():
+            if self.epoch >= cfg.epochs:
+                self.log(f"[{self.name}] already finished ({self.epoch} epochs) in {self.ckpt_path}")
+                return self.history
+            self.log(f"[{self.name}] resuming from epoch {self.epoch} ({self.ckpt_path})")
+        else:
+            self.jsonl.rewrite([self.header])
+        while self.epoch < cfg.epochs:
+            t0 = time.time()
+            rec = self.train_epoch()
+            t_train = time.time() - t0
+            rec.update(self.evaluate())
+            rec = {"run": self.name, "optimizer": self.opt_name, "epoch": self.epoch + 1, **rec,
+                   "train_time": t_train, "epoch_time": time.time() - t0}
+            self.history.append(rec)
+            self.epoch += 1
+            self.save()
+            self.jsonl.append({"type": "epoch", **rec})
+            self.log(format_epoch(rec, cfg.epochs))
+        return self.history
+
+
+def _p(v) -> str:
+    return "  -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:5.1f}"
+
+
+def format_epoch(r: dict, epochs: int) -> str:
+    alpha = "  -  " if r.get("alpha") is None else f"{r['alpha']:.3f}"
+    return (f"[{r['run']}] ep {r['epoch']:>3}/{epochs} lr {r['lr']:.4g} alpha {alpha} loss {r['train_loss']:.3f} | "
+            f"clean-train {_p(r['train_clean_acc'])} noisy-fit {_p(r['noisy_fit_acc'])} "
+            f"noisy->true {_p(r['noisy_true_acc'])} test {_p(r['test_acc'])} | B {_p(r.get('group_b'))} | "
+            f"{r['epoch_time']:.1f}s")

@@ -1,0 +1,124 @@
+"""Outputs: a JSONL log per run, the summary table, the PNG of the curves (when matplotlib is there)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Optional, Sequence
+
+from .checkpoint import atomic_write_bytes
+
+
+class JsonlLog:
+    """One JSON object a line: a ``{"type": "config", ...}`` header, then one ``{"type": "epoch", ...}`` per epoch."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def rewrite(self, records: Sequence[dict]) -> None:
+        atomic_write_bytes(self.path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records).encode())
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.flush()
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def summary_rows(histories: dict[str, list[dict]]) -> list[dict]:
+    rows = []
+    for name, hist in histories.items():
+        if not hist:
+            continue
+        last = hist[-1]
+        best = max(hist, key=lambda r: r["test_acc"])
+        rows.append({
+            "run": name,
+            "epochs": last["epoch"],
+            "test_final": last["test_acc"],
+            "test_best": best["test_acc"],
+            "best_epoch": best["epoch"],
+            "clean_train": last["train_clean_acc"],
+            "noisy_fit": last["noisy_fit_acc"],
+            "noisy_true": last["noisy_true_acc"],
+            "group_b": last.get("group_b"),
+            "time_s": sum(r["epoch_time"] for r in hist),
+        })
+    return rows
+
+
+TABLE_COLUMNS = [
+    ("run", "optimizer"), ("test_final", "test acc %"), ("test_best", "best test %"), ("best_epoch", "@ep"),
+    ("clean_train", "clean-train %"), ("noisy_fit", "noisy fit % (memorised)"), ("noisy_true", "noisy->true %"),
+    ("group_b", "group B %"), ("time_s", "time s"),
+]
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [[h for _, h in TABLE_COLUMNS]]
+    for r in rows:
+        line = []
+        for key, _ in TABLE_COLUMNS:
+            v = r.get(key)
+            if key == "run":
+                line.append(str(v))
+            elif key in ("best_epoch",):
+                line.append(str(v))
+            elif key == "time_s":
+                line.append(f"{v:.0f}")
+            else:
+                line.append(_pct(v))
+        cells.append(line)
+    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE_COLUMNS))]
+    fmt = lambda c: "| " + " | ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(c, widths))) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(cells[0]), sep] + [fmt(c) for c in cells[1:]])
+
+
+def plot_curves(histories: dict[str, list[dict]], path: str, title: str = "") -> Optional[str]:
+    """Test accuracy, noisy-sample fit (memorisation), clean-train accuracy and Group B fraction per epoch.
+
+    Returns the path, or None when matplotlib is not installed (the plot is then silently skipped).
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return None
+    panels = [("test_acc", "test accuracy"), ("noisy_fit_acc", "noisy samples: fit to noisy labels (memorisation)"),
+              ("train_clean_acc", "clean training samples: accuracy"), ("group_b", "Group B fraction")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for ax, (key, label) in zip(axes.flat, panels):
+        for name, hist in histories.items():
+            pts = [(r["epoch"], r[key]) for r in hist if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=name)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
