@@ -1,0 +1,50 @@
+"""Parameter-shape sets for the optimizer microbenchmarks, taken from real module definitions.
+
+``SHAPE_SETS`` names what ``--models`` accepts: the CIFAR models of ``benchmarks/models.py``
+(``wrn-28-10``: 36,479,194 params in 80 tensors, ``wrn-16-8``, ``resnet18``, or any ``wrn-D-K``)
+and ``bucket``, one large synthetic tensor (``--bucket-numel``, 2**26 by default on CUDA, 2**24
+on CPU) that shows the kernels' streaming rate without per-tensor overheads.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .models import build_model
+
+DEFAULT_MODELS = ("wrn-28-10", "wrn-16-8", "resnet18", "bucket")
+BUCKET_NUMEL = {"cuda": 1 << 26, "cpu": 1 << 24}
+
+
+def param_shapes(name: str, bucket_numel: Optional[int] = None, device: str = "cpu") -> list[torch.Size]:
+    """Shapes of the parameters of model ``name`` (built on the meta device: no memory used)."""
+    if name == "bucket":
+        n = bucket_numel or BUCKET_NUMEL.get(torch.device(device).type, 1 << 24)
+        return [torch.Size([n])]
+    with torch.device("meta"):
+        model = build_model(name)
+    return [p.shape for p in model.parameters()]
+
+
+def describe(shapes: list[torch.Size]) -> tuple[int, int]:
+    """(number of elements, number of tensors)."""
+    return sum(s.numel() for s in shapes), len(shapes)
+
+
+def make_params(shapes: list[torch.Size], device, dtype=torch.float32, seed: int = 0,
+                grad_scale: float = 1e-3) -> list[torch.nn.Parameter]:
+    """Fresh parameters with random weights and random gradients already in ``.grad``.
+
+    Every optimizer under test gets its own set (SANER rebinds ``p.data``/``p.grad`` into flat
+    buckets), all built from the same seed so every row starts from the same numbers.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    params = []
+    for shape in shapes:
+        w = torch.randn(shape, generator=gen, dtype=torch.float32)
+        g = torch.randn(shape, generator=gen, dtype=torch.float32).mul_(grad_scale)
+        p = torch.nn.Parameter(w.to(device=device, dtype=dtype))
+        p.grad = g.to(device=device, dtype=dtype)
+        params.append(p)
+    return params
