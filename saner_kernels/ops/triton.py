@@ -18,9 +18,11 @@ Rounding: GPUs store fp32 -> bf16/fp16 with round-to-nearest-even (``cvt.rn``). 
 truncates fp32 -> bf16, so interpreted bf16 launches round by hand (``RNE_BY_HAND``, a constexpr
 that is never set for the compiled kernels): interpreter tests then see the same rounding as torch.
 
-Floating-point contraction (FMA) is disabled at launch (``enable_fp_fusion=False``): the kernels
-then round every product like the eager reference does (``e = g_sgd * s`` recomputed in the update
-is the very product added in the perturbation), at no cost in these memory-bound kernels.
+Floating-point contraction is disabled at launch (``enable_fp_fusion=False``), so products round as
+in eager torch (``e = g_sgd * s`` recomputed in the update is the very product the perturbation
+added); the ``x.add(y, alpha=a)`` steps of ``torch.optim.SGD`` (weight decay, momentum, nesterov, the
+step itself), which torch evaluates as a fused multiply-add, are explicit ``tl.fma``. (The
+interpreter's fma rounds twice: one ulp, within the tests' tolerances.)
 """
 from __future__ import annotations
 
@@ -101,6 +103,14 @@ class _Kernel:
 
 
 # --------------------------------------------------------------------------- kernels
+# tl.sum is itself a @triton.jit function, compiled or interpreted depending on TRITON_INTERPRET when
+# *triton* was imported; reducing with its combine function through the builtin tl.reduce works
+# either way, and the interpreter recognises that combine function and sums with numpy.
+@_device_fn
+def _block_sum(x):
+    return tl.reduce(x, 0, tl.standard._sum_combine)
+
+
 @_device_fn
 def _to_storage(x, dtype: tl.constexpr, RNE_BY_HAND: tl.constexpr):
     """fp32 -> storage dtype, rounding to nearest even."""
@@ -123,7 +133,7 @@ def _sq_norm_kernel(g_ptr, w_ptr, partial_ptr, n, BLOCK: tl.constexpr, ADAPTIVE:
     x = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if ADAPTIVE:
         x = tl.abs(tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)) * x
-    tl.store(partial_ptr + pid, tl.sum(x * x, axis=0))
+    tl.store(partial_ptr + pid, _block_sum(x * x))
 
 
 @_Kernel
@@ -176,25 +186,25 @@ def _update_kernel(w_ptr, g_ptr, g_sgd_ptr, buf_ptr, e_ptr, scale_ptr, counts_pt
         if USE_MASK:
             d = tl.where(in_b, g * alpha, g)
         if TRACK_GROUPS:
-            n_a = tl.sum((same_sign & ~smaller & mask).to(tl.int32), axis=0)
-            n_b = tl.sum((in_b & mask).to(tl.int32), axis=0)
-            n_all = tl.sum(mask.to(tl.int32), axis=0)
+            n_a = _block_sum((same_sign & ~smaller & mask).to(tl.int32))
+            n_b = _block_sum((in_b & mask).to(tl.int32))
+            n_all = _block_sum(mask.to(tl.int32))
             tl.store(counts_ptr + pid * 3 + 0, n_a)
             tl.store(counts_ptr + pid * 3 + 1, n_b)
             tl.store(counts_ptr + pid * 3 + 2, n_all - n_a - n_b)
-    d = d + weight_decay * w
+    d = tl.fma(w, weight_decay, d)
 
     if HAS_MOMENTUM:
         if FIRST_MOMENTUM_STEP:
             buf = d  # torch.optim.SGD: the first buffer is d itself, no dampening
         else:
-            buf = momentum * tl.load(buf_ptr + offs, mask=mask).to(tl.float32) + one_minus_dampening * d
+            buf = tl.fma(d, one_minus_dampening, momentum * tl.load(buf_ptr + offs, mask=mask).to(tl.float32))
         if NESTEROV:
-            d = d + momentum * buf
+            d = tl.fma(buf, momentum, d)
         else:
             d = buf
         tl.store(buf_ptr + offs, _to_storage(buf, buf_ptr.dtype.element_ty, RNE_BY_HAND), mask=mask)
-    tl.store(w_ptr + offs, _to_storage(w - lr * d, w_ptr.dtype.element_ty, RNE_BY_HAND), mask=mask)
+    tl.store(w_ptr + offs, _to_storage(tl.fma(d, -lr, w), w_ptr.dtype.element_ty, RNE_BY_HAND), mask=mask)
 
 
 # --------------------------------------------------------------------------- launch configuration
