@@ -72,7 +72,7 @@ class _NonFiniteWatch:
         if self._warned or self.count is None:
             return
         if self.count.is_cuda:
-            if not self._event.query():
+            if torch.cuda.is_current_stream_capturing() or not self._event.query():
                 return
             seen = int(self._host)
         else:
@@ -294,6 +294,7 @@ class SANER(torch.optim.Optimizer):
             self._stats = [(counts, torch.where(torch.isfinite(scale), padding, 0))
                            for counts, padding, scale in stats_by_device.values()]
         self._perturbed = False
+        self._nonfinite.poll()
         if zero_grad:
             self.zero_grad()
 
@@ -315,9 +316,9 @@ class SANER(torch.optim.Optimizer):
         else:
             self._update_mixed_momentum(bucket, scale, initialized, kwargs)
         if has_momentum and not all(initialized):
-            # Under dampening, a skipped first step must leave the buffer uninitialised: read the
-            # skip flag this once (it is the only host sync, and only on a first momentum step).
-            if group["dampening"] != 0 and not bool(torch.isfinite(scale)):
+            # A skipped first step must leave the state as it was (no momentum buffer): read the skip
+            # flag here. It is the only host sync, and only on a parameter's first momentum step.
+            if not bool(torch.isfinite(scale)):
                 return
             for p, view in zip(bucket.params, bucket.momentum_views):
                 self.state[p]["momentum_buffer"] = view

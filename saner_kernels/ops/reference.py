@@ -7,7 +7,8 @@ inputs. They take flat, contiguous 1-D tensors of equal length (a bucket, padded
 The contract, shared by every backend (same names, same signatures):
 
 ``grad_sq_norm(g, w=None) -> Tensor``
-    0-dim fp32 tensor: sum of ``(|w| * g)**2`` (adaptive, ``w`` given) or ``g**2``, deterministic.
+    0-dim fp32 (or fp64) tensor: sum of ``(|w| * g)**2`` (adaptive, ``w`` given) or ``g**2``,
+    deterministic. The optimizer adds the buckets' sums in fp64 when any of them is fp64.
 ``perturb_(w, g, g_sgd, scale, e=None) -> None``
     ``g_sgd <- g``; ``e = (w*w if e is given else 1) * g * scale``; ``w <- w + e`` (``e`` stored when
     given, i.e. adaptive). ``scale`` is a 0-dim fp32 tensor on the bucket's device; a non-finite
@@ -50,8 +51,10 @@ def grad_sq_norm(g: Tensor, w: Optional[Tensor] = None) -> Tensor:
     g32 = _f32(g)
     if w is not None:
         g32 = _f32(w).abs() * g32
-    # torch.dot / sum reduce in a fixed order for a given size: deterministic run to run.
-    return torch.dot(g32, g32)
+    # Squares summed in fp64: the ground truth should not depend on a summation order. torch.dot
+    # reduces in a fixed order for a given size, so it is also deterministic run to run.
+    g64 = g32.double()
+    return torch.dot(g64, g64)
 
 
 def group_masks(g32: Tensor, g_sgd32: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -114,13 +117,15 @@ def update_(
             n_b = mask_b.sum()
             counts = torch.stack([n_a, n_b, g32.numel() - n_a - n_b])
             stats.add_(torch.where(skip, torch.zeros_like(counts), counts))
+    # Weight decay, momentum and the step use torch.optim.SGD's own ops (torch.add with alpha), so
+    # that alpha = 1, rho = 0 reproduces SGD bit for bit.
     if weight_decay != 0.0:
-        d = d + weight_decay * w32
+        d = d.add(w32, alpha=weight_decay)
     if buf is not None:
         if first_momentum_step:
             new_buf = d
         else:
-            new_buf = momentum * _f32(buf) + (1.0 - dampening) * d
-        d = d + momentum * new_buf if nesterov else new_buf
+            new_buf = _f32(buf).mul(momentum).add_(d, alpha=1.0 - dampening)
+        d = d.add(new_buf, alpha=momentum) if nesterov else new_buf
         buf.copy_(torch.where(skip, _f32(buf), new_buf))
-    w.copy_(torch.where(skip, _f32(w), w32 - lr * d))
+    w.copy_(torch.where(skip, _f32(w), w32.add(d, alpha=-lr)))

@@ -1,0 +1,79 @@
+"""Oracles written straight from DESIGN.md section 1, one parameter at a time, no buckets, no kernels.
+
+``PlainLoopSANER`` is the per-parameter SANER the whole package is checked against (its Group B mask
+uses the division ``r = g / (g_sgd + eps)`` exactly as written); ``davda54_sam_step`` is the classic
+SAM loop: clone the weights, perturb, second backward, restore the clone, ``torch.optim.SGD.step``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class PlainLoopSANER:
+    def __init__(self, param_groups: list[dict]):
+        self.param_groups = param_groups  # dicts with params and every hyperparameter
+        self.state: dict[torch.Tensor, dict] = {}
+
+    @torch.no_grad()
+    def first_step(self):
+        sq = 0.0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                scaled = (p.abs() if group["adaptive"] else 1.0) * p.grad
+                sq = sq + scaled.double().pow(2).sum()  # N accumulated in fp64: no summation-order noise
+        norm = torch.as_tensor(sq).sqrt()
+        for group in self.param_groups:
+            s = (group["rho"] / (norm + 1e-12)).to(torch.float64 if group["params"][0].dtype == torch.float64
+                                                   else torch.float32)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                e = (p * p if group["adaptive"] else 1.0) * p.grad * s
+                st = self.state.setdefault(p, {})
+                st["e"], st["g_sgd"] = e, p.grad.clone()
+                p.add_(e)
+                p.grad = None
+
+    @torch.no_grad()
+    def second_step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st is None or "e" not in st:
+                    continue
+                p.sub_(st.pop("e"))
+                g = p.grad if p.grad is not None else torch.zeros_like(p)
+                r = g / (st["g_sgd"] + group["eps"])
+                m = (r > 0) & (r < 1)
+                d = torch.where(m, group["alpha"] * g, g)
+                # weight decay and momentum exactly as torch.optim.SGD writes them
+                d = d.add(p, alpha=group["weight_decay"])
+                mu, tau = group["momentum"], group["dampening"]
+                if mu != 0:
+                    if "buf" not in st:
+                        st["buf"] = d.clone()
+                    else:
+                        st["buf"].mul_(mu).add_(d, alpha=1 - tau)
+                    d = d.add(st["buf"], alpha=mu) if group["nesterov"] else st["buf"]
+                p.add_(d, alpha=-group["lr"])
+                p.grad = None
+
+
+def davda54_sam_step(model_params, sgd: torch.optim.SGD, rho: float, closure) -> None:
+    """One SAM step as davda54/sam does it (gradients at w already in .grad)."""
+    params = [p for p in model_params if p.grad is not None]
+    with torch.no_grad():
+        norm = torch.stack([p.grad.double().pow(2).sum() for p in params]).sum().sqrt()
+        scale = (rho / (norm + 1e-12)).float()
+        old = [p.clone() for p in params]
+        for p in params:
+            p.add_(p.grad * scale)
+    for p in params:
+        p.grad = None
+    closure()
+    with torch.no_grad():
+        for p, o in zip(params, old):
+            p.copy_(o)
+    sgd.step()
