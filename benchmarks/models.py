@@ -99,7 +99,22 @@ class ResNet18(nn.Module):
 
 
 def build_model(name: str, num_classes: int = 10) -> nn.Module:
-    """``wrn-D-K`` (any valid depth/width) or ``resnet18``."""
+    """``wrn-D-K`` (any valid depth/width) or ``resnet18``: the training package's definition
+    (``saner_kernels.train.models``) when it is importable, else the identical one here."""
+    try:
+        from saner_kernels.train.models import build_model as project_build
+    except Exception:
+        project_build = None
+    if project_build is not None:
+        try:
+            return project_build(name, num_classes)
+        except Exception:
+            pass
+    return build_local_model(name, num_classes)
+
+
+def build_local_model(name: str, num_classes: int = 10) -> nn.Module:
+    """The definitions of this file (same shapes as the training package's, checked by a test)."""
     key = name.lower()
     if key.startswith("wrn-"):
         try:

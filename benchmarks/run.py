@@ -88,6 +88,8 @@ def saner_backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
 
     ok, not_ok = [], {}
     for name, status in available_backends(device).items():
+        if (name, device.type) in (("cuda", "cpu"), ("cpp", "cuda")):
+            continue  # the other device's native op: not a row of this table
         if name == "triton" and device.type == "cpu":
             not_ok[name] = "CPU runs only under the Triton interpreter: never benchmarked"
         elif status:
