@@ -155,14 +155,13 @@ class SANER(torch.optim.Optimizer):
         # Loaded momentum buffers are fresh tensors: copy them into the buckets and re-point the state.
         for buckets in self._buckets:
             for bucket, _ in buckets:
-                if all("momentum_buffer" not in self.state[p] for p in bucket.params):
+                if all(self._momentum_of(p) is None for p in bucket.params):
                     continue
-                views = bucket.momentum()
-                for p, view in zip(bucket.params, views):
-                    state = self.state[p]
-                    if "momentum_buffer" in state:
-                        view.copy_(state["momentum_buffer"])
-                        state["momentum_buffer"] = view
+                for p, view in zip(bucket.params, bucket.momentum()):
+                    buf = self._momentum_of(p)
+                    if buf is not None:
+                        view.copy_(buf)
+                        self.state[p]["momentum_buffer"] = view
                     else:
                         view.zero_()
 
@@ -215,22 +214,26 @@ class SANER(torch.optim.Optimizer):
             buckets = []
             for (device, dtype), params in by_kind.items():
                 backend = ops.resolve_backend(self.backend, device, dtype)
-                bucket = FlatBucket(params, [self.state[p].get("momentum_buffer") for p in params])
+                bucket = FlatBucket(params, [self._momentum_of(p) for p in params])
                 if bucket.flat_momentum is not None:
                     for p, view in zip(params, bucket.momentum_views):
-                        if "momentum_buffer" in self.state[p]:
+                        if self._momentum_of(p) is not None:
                             self.state[p]["momentum_buffer"] = view
                 buckets.append((bucket, backend))
             self._buckets[gi] = buckets
             self._bucket_keys[gi] = key
 
+    def _momentum_of(self, p: Tensor) -> Optional[Tensor]:
+        # self.state is a defaultdict: look without creating empty entries (they would show in state_dict)
+        return self.state[p].get("momentum_buffer") if p in self.state else None
+
     def _release_group(self, gi: int) -> None:
         for bucket, _ in self._buckets[gi]:
             bucket.release()
             for p in bucket.params:
-                state = self.state[p]
-                if "momentum_buffer" in state:
-                    state["momentum_buffer"] = state["momentum_buffer"].clone()
+                buf = self._momentum_of(p)
+                if buf is not None:
+                    self.state[p]["momentum_buffer"] = buf.clone()
         self._buckets[gi] = []
         self._bucket_keys[gi] = None
 
@@ -300,7 +303,7 @@ class SANER(torch.optim.Optimizer):
 
     def _update_bucket(self, group: dict, bucket: FlatBucket, backend, scale: Tensor, stats: Optional[Tensor]) -> None:
         has_momentum = group["momentum"] != 0
-        initialized = [("momentum_buffer" in self.state[p]) for p in bucket.params] if has_momentum else []
+        initialized = [self._momentum_of(p) is not None for p in bucket.params] if has_momentum else []
         kwargs = dict(e=bucket.flat_e if group["adaptive"] else None, lr=group["lr"], momentum=group["momentum"],
                       dampening=group["dampening"], weight_decay=group["weight_decay"], alpha=group["alpha"],
                       eps=group["eps"], nesterov=group["nesterov"], stats=stats)

@@ -13,6 +13,7 @@ class PlainLoopSANER:
     def __init__(self, param_groups: list[dict]):
         self.param_groups = param_groups  # dicts with params and every hyperparameter
         self.state: dict[torch.Tensor, dict] = {}
+        self.counts = [0, 0, 0]  # Groups A, B, C of the last second_step
 
     @torch.no_grad()
     def first_step(self):
@@ -38,6 +39,7 @@ class PlainLoopSANER:
 
     @torch.no_grad()
     def second_step(self):
+        self.counts = [0, 0, 0]
         for group in self.param_groups:
             for p in group["params"]:
                 st = self.state.get(p)
@@ -47,6 +49,8 @@ class PlainLoopSANER:
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
                 r = g / (st["g_sgd"] + group["eps"])
                 m = (r > 0) & (r < 1)
+                self.counts = [self.counts[0] + int((r >= 1).sum()), self.counts[1] + int(m.sum()),
+                               self.counts[2] + int((r <= 0).sum())]
                 d = torch.where(m, group["alpha"] * g, g)
                 # weight decay and momentum exactly as torch.optim.SGD writes them
                 d = d.add(p, alpha=group["weight_decay"])

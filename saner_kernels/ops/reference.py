@@ -11,7 +11,7 @@ The contract, shared by every backend (same names, same signatures):
     deterministic. The optimizer adds the buckets' sums in fp64 when any of them is fp64.
 ``perturb_(w, g, g_sgd, scale, e=None) -> None``
     ``g_sgd <- g``; ``e = (w*w if e is given else 1) * g * scale``; ``w <- w + e`` (``e`` stored when
-    given, i.e. adaptive). ``scale`` is a 0-dim fp32 tensor on the bucket's device; a non-finite
+    given, i.e. adaptive). ``scale`` is a 0-dim fp32 tensor on the bucket's device (fp64 for fp64 buckets); a non-finite
     ``scale`` means "skip this step": nothing is written at all.
 ``update_(w, g, g_sgd, buf, scale, *, e, lr, momentum, dampening, weight_decay, alpha, eps,
           nesterov, first_momentum_step, stats) -> None``
