@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -- the noisy-label training demo on its embedded default data (digits, 40% noise)
+#   make test   -- the test suite
+# Both create .venv (reusing a CUDA torch already on the machine, else torch==2.13.0 CPU), install the
+# dependencies and build the native extension in place.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+DEPS_STAMP := $(VENV)/.deps-installed
+EXT_STAMP := $(VENV)/.extension-built
+NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
+
+.PHONY: test demo bench install clean
+
+$(DEPS_STAMP): Makefile
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	# A torch already on the machine (e.g. a CUDA build) is used as is; otherwise the pinned CPU build.
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PY) -c "import triton" 2>/dev/null || $(PIP) install -q triton==3.6.0
+	$(PIP) install -q setuptools wheel pybind11 ninja numpy pytest pytest-benchmark scikit-learn matplotlib
+	touch $@
+
+$(EXT_STAMP): $(DEPS_STAMP) setup.py $(NATIVE_SOURCES)
+	MAX_JOBS=2 $(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(EXT_STAMP)
+
+test: install
+	$(PY) -m pytest tests -q
+
+demo: install
+	$(PY) -m saner_kernels.train
+
+bench: install
+	$(PY) -m benchmarks.run --device cpu --out bench-results
+
+clean:
+	rm -rf $(VENV) build *.egg-info saner_kernels/*.so
