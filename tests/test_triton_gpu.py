@@ -61,12 +61,13 @@ def test_nonfinite_scale_cuda(triton_ops, bad):
 
 def test_no_host_sync(triton_ops):
     t = make_bucket_tensors(65536, device="cuda")
-    run_step(triton_ops, t, **SWITCHES[-1])  # compile first
+    scale = torch.tensor(0.01, device="cuda")
+    run_step(triton_ops, t, scale=scale, **SWITCHES[-1])  # compile first
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         triton_ops.grad_sq_norm(t["g"], t["w"])
-        run_step(triton_ops, t, scale=torch.tensor(0.01, device="cuda"), **SWITCHES[-1])
+        run_step(triton_ops, t, scale=scale, **SWITCHES[-1])
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

@@ -13,6 +13,9 @@ CUDA tensors run the compiled kernels; CPU tensors run Triton's interpreter, all
 ``TRITON_INTERPRET=1`` (read at call time). ``@triton.jit`` would pick compiled *or* interpreted
 once, from the environment at import time, so whichever module imported this file first would
 decide for the whole process; ``_Kernel`` keeps both and chooses per launch by device instead.
+(Triton's own library functions such as ``tl.sum`` are decided when *triton* is imported; the
+kernels avoid them. A process that imports triton under ``TRITON_INTERPRET=1`` is an interpreter
+process for Triton as a whole, and only the CPU path is expected to work there.)
 
 Rounding: GPUs store fp32 -> bf16/fp16 with round-to-nearest-even (``cvt.rn``). The interpreter
 truncates fp32 -> bf16, so interpreted bf16 launches round by hand (``RNE_BY_HAND``, a constexpr
