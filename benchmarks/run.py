@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
@@ -329,6 +330,16 @@ def not_run(rows) -> list[str]:
     return out
 
 
+def _color(label: str) -> str:
+    if label.startswith("SGD"):
+        return "tab:gray"
+    if "loop" in label:
+        return "tab:orange"
+    if "[reference]" in label:
+        return "lightsteelblue"
+    return "tab:blue"
+
+
 def plot(rows: list[Row], path: str, title: str) -> bool:
     try:
         import matplotlib
@@ -345,14 +356,14 @@ def plot(rows: list[Row], path: str, title: str) -> bool:
     for ax, model in zip(axes[0], models):
         data = {f"{r.optimizer} [{r.backend}]": r.ms for r in ok if r.model == model}
         names = [lab for lab in labels if lab in data]
-        ax.barh(range(len(names)), [data[lab] for lab in names], color="tab:blue")
+        ax.barh(range(len(names)), [data[lab] for lab in names], color=[_color(lab) for lab in names])
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names if ax is axes[0][0] else [""] * len(names), fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.set_xlabel("ms per optimizer step (log)")
         ax.set_title(model, fontsize=10)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 90), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -435,7 +446,7 @@ def main(argv=None) -> int:
     print(f"# {meta['device']}, torch {meta['torch']}, {args.dtype}, load {meta['load_average_start']}", flush=True)
     print(f"# SANER backends on {device.type}: {ok or 'none'}" + (f"; not run: {not_ok}" if not_ok else ""), flush=True)
 
-    probes = [bandwidth_probe(device, quick=args.quick)]
+    probes = [bandwidth_probe(device)]
     print(f"# bandwidth probe (device copy): {probes[0]:.1f} GB/s", flush=True)
 
     specs = row_specs(device)
@@ -454,7 +465,7 @@ def main(argv=None) -> int:
                       f"  {_fmt(row.extra_bytes_per_param, '{:.1f}'):>6} B/param", flush=True)
             elif not row.status.startswith("skipped"):
                 print(f"  {spec.optimizer:<22} {spec.backend:<10} {row.status}", flush=True)
-    probes.append(bandwidth_probe(device, quick=args.quick))
+    probes.append(bandwidth_probe(device))
     probe = max(probes)
     meta["copy_gbs"] = [round(p, 2) for p in probes]
     for model in args.models:
