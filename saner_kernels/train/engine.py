@@ -205,7 +205,10 @@ class Run:
         self.dir = os.path.join(cfg.out, self.name)
         self.ckpt_path = os.path.join(self.dir, "checkpoint.pt")
         self.jsonl = JsonlLog(os.path.join(self.dir, "log.jsonl"))
-        self.header = {"type": "config", "run": self.name, "optimizer": optimizer, **cfg.to_dict(), **(extra_header or {})}
+        n_noisy = int(data.is_noisy.sum())
+        self.header = {"type": "config", "run": self.name, "optimizer": optimizer, **cfg.to_dict(),
+                       "n_train": data.n_train, "noisy_samples": n_noisy, "realised_noise_rate": n_noisy / data.n_train,
+                       **(extra_header or {})}
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, num_classes, in_channels, cfg.width, cfg.dropout).to(self.device)
@@ -359,7 +362,8 @@ class Run:
             "test_acc": float((p_test == d.y_test).float().mean()),
         }
 
-    def fit(self, resume: bool = False) -> list[dict]:
+    def fit(self, resume: bool = False, max_epochs: Optional[int] = None) -> list[dict]:
+        """Trains to ``cfg.epochs`` (or ``max_epochs`` more epochs in this call, to simulate an interruption)."""
         cfg = self.cfg
         if resume and self.try_resume():
             if self.epoch >= cfg.epochs:
@@ -368,7 +372,8 @@ class Run:
             self.log(f"[{self.name}] resuming from epoch {self.epoch} ({self.ckpt_path})")
         else:
             self.jsonl.rewrite([self.header])
-        while self.epoch < cfg.epochs:
+        stop = cfg.epochs if max_epochs is None else min(cfg.epochs, self.epoch + max_epochs)
+        while self.epoch < stop:
             t0 = time.time()
             rec = self.train_epoch()
             t_train = time.time() - t0
