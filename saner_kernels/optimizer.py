@@ -385,9 +385,8 @@ class SANER(torch.optim.Optimizer):
             raise RuntimeError("no second_step() has run yet, so there are no group statistics")
         counts = torch.zeros(3, dtype=torch.int64)
         for device_counts, padding in self._stats:
-            c = device_counts.cpu()
-            c[2] -= int(padding)
-            counts += c
+            counts += device_counts.cpu()  # (a new tensor off CPU, the same one on CPU: add, never edit)
+            counts[2] -= int(padding)
         total = int(counts.sum())
         if total == 0:
             return {"A": float("nan"), "B": float("nan"), "C": float("nan")}

@@ -239,6 +239,7 @@ def test_group_fractions_match_the_plain_loop(backend):
         run_saner(model, opt, [batch])
         run_loop(oracle, loop, [batch])
         fractions = opt.group_fractions()
+        assert opt.group_fractions() == fractions  # reading does not change the counts
         total = sum(loop.counts)
         assert total == sum(p.numel() for p in model.parameters())
         expected = {k: c / total for k, c in zip("ABC", loop.counts)}
