@@ -2,12 +2,84 @@
 
     pip install --no-build-isolation -e .     # build isolation would download another torch
 """
+import os
+
 from setuptools import find_packages, setup
 
 
+def _source_hash(csrc):
+    """Hash of csrc/ (same function as saner_kernels/ops/native.py): marks a build stale once csrc changes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(csrc):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith((".cpp", ".h", ".cu", ".cuh")):
+                path = os.path.join(dirpath, name)
+                digest.update(os.path.relpath(path, csrc).replace(os.sep, "/").encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
 def native_extensions():
-    """The C++ CPU op (always) and the CUDA op (when torch has CUDA and nvcc is there)."""
-    return [], {}
+    """The C++ CPU op (always) and the CUDA op (when torch has CUDA and nvcc is there).
+
+    Environment:
+      SANER_KERNELS_CUDA=0/1   force the CUDA op off / on (default: on when torch has CUDA and nvcc exists)
+      TORCH_CUDA_ARCH_LIST     GPU architectures, default "8.0;9.0" (A100, H100)
+      CUDA_HOME                CUDA toolkit root (torch guesses it from nvcc on PATH otherwise)
+      MAX_JOBS                 parallel compile jobs
+    """
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:  # metadata-only runs (egg_info without torch): no extension
+        return [], {}
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    csrc = os.path.join(here, "csrc")
+    # Relative paths: setuptools wants them; ops.cpp first, then the baseline kernels before the AVX2 build,
+    # so that the linker keeps baseline copies of any inline helper both kernel builds emit.
+    sources = ["csrc/ops.cpp", "csrc/module.cpp", "csrc/cpu/kernels_default.cpp", "csrc/cpu/kernels_avx2.cpp"]
+
+    switch = os.environ.get("SANER_KERNELS_CUDA", "").strip().lower()
+    nvcc = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc") if cpp_extension.CUDA_HOME else None
+    cuda_possible = torch.version.cuda is not None and nvcc is not None and os.path.exists(nvcc)
+    if switch in ("0", "off", "false", "no"):
+        with_cuda = False
+    elif switch in ("1", "on", "true", "yes"):
+        if not cuda_possible:
+            raise RuntimeError(
+                "SANER_KERNELS_CUDA=1 but the CUDA op cannot be built: "
+                f"torch {torch.__version__} has CUDA {torch.version.cuda}, nvcc at {nvcc!r} "
+                f"(CUDA_HOME={cpp_extension.CUDA_HOME!r}). Install a CUDA build of torch and set CUDA_HOME."
+            )
+        with_cuda = True
+    else:
+        with_cuda = cuda_possible
+
+    define = [
+        f'-DSANER_KERNELS_SRC_HASH="{_source_hash(csrc)}"',
+        f'-DSANER_KERNELS_TORCH_VERSION="{torch.__version__}"',
+        f"-DSANER_KERNELS_WITH_CUDA={int(with_cuda)}",
+    ]
+    # -ffp-contract=off: no fused multiply-add, so results match the reference's separately rounded ops.
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"] + define
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        sources.append("csrc/cuda/saner_cuda.cu")
+        nvcc_flags = ["-O3", "-fmad=false", "--expt-relaxed-constexpr"] + define
+        ext = cpp_extension.CUDAExtension(
+            "saner_kernels._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "saner_kernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+        )
+    return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 
 ext_modules, cmdclass = native_extensions()

@@ -1,0 +1,260 @@
+// Vectorized CPU kernel bodies for the three contract ops, over one range [begin, end) of a bucket.
+//
+// This header is compiled twice, into differently named namespaces (ATen's CPU_CAPABILITY trick):
+// kernels_default.cpp (the build's baseline ISA) and kernels_avx2.cpp (AVX2+FMA, x86-64 only);
+// ops.cpp picks one table at runtime. It includes nothing but ATen's vector headers: no Tensor, no
+// threads; ops.cpp splits the work and calls these on disjoint ranges.
+//
+// Numerics: every expression is evaluated in the compute type C (float for fp32/bf16/fp16 storage,
+// double for fp64) in exactly the order of saner_kernels/ops/reference.py: one rounding per torch op,
+// and ATen's own fmadd where the reference uses torch.add(..., alpha=) (see update_range). The build
+// passes -ffp-contract=off so that the compiler fuses nothing else: fp32 results are then bit-identical
+// to the reference's chain of elementwise torch ops on the same ISA.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "../common.h"
+
+namespace saner_kernels {
+namespace cpu {
+inline namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+template <typename T>
+using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Load/store Vectorized<C>::size() elements of storage type T as compute type C.
+template <typename T>
+struct IO {
+  using C = compute_t<T>;
+  using Vec = Vectorized<C>;
+  static constexpr int64_t kSize = Vec::size();
+
+  static inline Vec load(const T* p) {
+    if constexpr (std::is_same_v<T, C>) {
+      return Vec::loadu(p);
+    } else {
+      Vec out;
+      at::vec::load_to_float<T>(p, out);
+      return out;
+    }
+  }
+  static inline void store(T* p, const Vec& v) {
+    if constexpr (std::is_same_v<T, C>) {
+      v.store(p);
+    } else {
+      at::vec::convert_from_float<T>(v, v).store(p, kSize);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------- grad_sq_norm
+// Sum of g^2 (or (|w| g)^2) over [begin, end): fp32 vector accumulators over short blocks, each block
+// folded into a double in a fixed lane order. The result depends on begin/end only, never on threads.
+template <typename T>
+double sq_norm_range(const T* g, const T* w, int64_t begin, int64_t end) {
+  using C = compute_t<T>;
+  using Vec = Vectorized<C>;
+  constexpr int64_t V = Vec::size();
+  constexpr int64_t kUnroll = 4;
+  constexpr int64_t kBlock = 1024;  // elements folded into double at a time
+  double total = 0.0;
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int64_t b1 = std::min(b0 + kBlock, end);
+    Vec acc[kUnroll] = {Vec(C(0)), Vec(C(0)), Vec(C(0)), Vec(C(0))};
+    int64_t i = b0;
+    for (; i + kUnroll * V <= b1; i += kUnroll * V) {
+      for (int64_t u = 0; u < kUnroll; ++u) {
+        Vec x = IO<T>::load(g + i + u * V);
+        if (w != nullptr) x = IO<T>::load(w + i + u * V).abs() * x;
+        acc[u] = acc[u] + x * x;
+      }
+    }
+    for (; i < b1; i += V) {  // tail: zero-filled partial vector
+      const int64_t k = std::min(V, b1 - i);
+      T gbuf[V] = {};
+      T wbuf[V] = {};
+      std::memcpy(gbuf, g + i, k * sizeof(T));
+      Vec x = IO<T>::load(gbuf);
+      if (w != nullptr) {
+        std::memcpy(wbuf, w + i, k * sizeof(T));
+        x = IO<T>::load(wbuf).abs() * x;
+      }
+      acc[0] = acc[0] + x * x;
+    }
+    alignas(64) C lanes[kUnroll][V];
+    for (int64_t u = 0; u < kUnroll; ++u) acc[u].store(lanes[u]);
+    double block = 0.0;
+    for (int64_t l = 0; l < V; ++l)
+      for (int64_t u = 0; u < kUnroll; ++u) block += static_cast<double>(lanes[u][l]);
+    total += block;
+  }
+  return total;
+}
+
+// ---------------------------------------------------------------------------------- perturb_
+// g_sgd <- g;  e = (w*w*g*s if adaptive else g*s);  w <- w + e;  (e stored when adaptive)
+template <typename T, bool kAdaptive>
+void perturb_range(T* w, const T* g, T* g_sgd, T* e, float scale, int64_t begin, int64_t end) {
+  using C = compute_t<T>;
+  using Vec = Vectorized<C>;
+  constexpr int64_t V = Vec::size();
+  const Vec s(static_cast<C>(scale));
+  auto body = [&](T* wp, const T* gp, T* gsp, T* ep) {
+    const Vec gv = IO<T>::load(gp);
+    const Vec wv = IO<T>::load(wp);
+    Vec ev;
+    if constexpr (kAdaptive) {
+      ev = wv * wv * gv * s;
+      IO<T>::store(ep, ev);
+    } else {
+      ev = gv * s;
+    }
+    IO<T>::store(wp, wv + ev);
+    if constexpr (std::is_same_v<T, C>) {
+      gv.store(gsp);
+    } else {
+      std::memcpy(gsp, gp, V * sizeof(T));  // bit copy, like g_sgd.copy_(g)
+    }
+  };
+  int64_t i = begin;
+  for (; i + V <= end; i += V) body(w + i, g + i, g_sgd + i, kAdaptive ? e + i : nullptr);
+  if (i < end) {  // tail through the same vector code on zero-padded copies
+    const int64_t k = end - i;
+    T wb[V] = {}, gb[V] = {}, gsb[V] = {}, eb[V] = {};
+    std::memcpy(wb, w + i, k * sizeof(T));
+    std::memcpy(gb, g + i, k * sizeof(T));
+    body(wb, gb, gsb, eb);
+    std::memcpy(w + i, wb, k * sizeof(T));
+    std::memcpy(g_sgd + i, gsb, k * sizeof(T));
+    if (kAdaptive) std::memcpy(e + i, eb, k * sizeof(T));
+  }
+}
+
+// ---------------------------------------------------------------------------------- update_
+template <typename T, bool kAdaptive, bool kHasBuf, bool kMask>
+void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* count_a, int64_t* count_b) {
+  using C = compute_t<T>;
+  using Vec = Vectorized<C>;
+  constexpr int64_t V = Vec::size();
+  const Vec s(static_cast<C>(a.scale));
+  const Vec neg_lr(static_cast<C>(-a.lr));
+  const Vec mu(static_cast<C>(a.momentum));
+  const Vec damp(static_cast<C>(1.0 - a.dampening));  // (1 - tau) rounded once, as in Python
+  const Vec wd(static_cast<C>(a.weight_decay));
+  const Vec alpha(static_cast<C>(a.alpha));
+  const Vec eps(static_cast<C>(a.eps));
+  const Vec zero(C(0));
+  const Vec one(C(1));
+  const bool use_alpha = a.alpha != 1.0;
+  const bool use_wd = a.weight_decay != 0.0;
+  const bool nesterov = a.nesterov;
+  const bool first = a.first_momentum_step;
+  Vec acc_a(C(0)), acc_b(C(0));
+
+  auto body = [&](T* wp, const T* gp, const T* gsp, T* bp, const T* ep) {
+    const Vec gv = IO<T>::load(gp);
+    const Vec gsv = IO<T>::load(gsp);
+    Vec ev;
+    if constexpr (kAdaptive) {
+      ev = IO<T>::load(ep);
+    } else {
+      ev = gsv * s;
+    }
+    const Vec wv = IO<T>::load(wp) - ev;
+    Vec d = gv;
+    if constexpr (kMask) {
+      const Vec den = gsv + eps;
+      const Vec same = ((gv > zero) & (den > zero)) | ((gv < zero) & (den < zero));
+      const Vec ga = gv.abs();
+      const Vec da = den.abs();
+      const Vec mb = same & (ga < da);
+      if (use_alpha) d = Vec::blendv(gv, gv * alpha, mb);
+      acc_a = acc_a + (same & (ga >= da) & one);
+      acc_b = acc_b + (mb & one);
+    }
+    // torch.add(x, y, alpha=a) steps, as torch.optim.SGD and the reference do them: ATen evaluates
+    // x + a*y as vec::fmadd(y, a, x), one fused rounding with AVX2 and two in the baseline build,
+    // and so does at::vec::fmadd here in each of our builds.
+    if (use_wd) d = at::vec::fmadd(wv, wd, d);                                   // d.add(w, alpha=wd)
+    if constexpr (kHasBuf) {
+      const Vec nb = first ? d : at::vec::fmadd(d, damp, IO<T>::load(bp) * mu);  // buf.mul(mu).add_(d, alpha=1-tau)
+      d = nesterov ? at::vec::fmadd(nb, mu, d) : nb;                             // d.add(buf, alpha=mu)
+      IO<T>::store(bp, nb);
+    }
+    IO<T>::store(wp, at::vec::fmadd(d, neg_lr, wv));                             // w.add(d, alpha=-lr)
+  };
+
+  // Blocks short enough that the fp32 lane counters stay exact (< 2^24) before being flushed.
+  constexpr int64_t kBlock = int64_t(1) << 16;
+  auto flush = [&]() {
+    if constexpr (kMask) {
+      alignas(64) C la[V], lb[V];
+      acc_a.store(la);
+      acc_b.store(lb);
+      int64_t na = 0, nb = 0;
+      for (int64_t l = 0; l < V; ++l) {
+        na += static_cast<int64_t>(la[l]);
+        nb += static_cast<int64_t>(lb[l]);
+      }
+      *count_a += na;
+      *count_b += nb;
+      acc_a = Vec(C(0));
+      acc_b = Vec(C(0));
+    }
+  };
+  int64_t i = begin;
+  while (i + V <= end) {
+    const int64_t stop = std::min(end, i + kBlock);
+    for (; i + V <= stop; i += V) {
+      body(a.w + i, a.g + i, a.g_sgd + i, kHasBuf ? a.buf + i : nullptr, kAdaptive ? a.e + i : nullptr);
+    }
+    flush();
+  }
+  if (i < end) {  // tail: zero padding is never counted in A or B (g == 0 is Group C)
+    const int64_t k = end - i;
+    T wb[V] = {}, gb[V] = {}, gsb[V] = {}, bb[V] = {}, eb[V] = {};
+    std::memcpy(wb, a.w + i, k * sizeof(T));
+    std::memcpy(gb, a.g + i, k * sizeof(T));
+    std::memcpy(gsb, a.g_sgd + i, k * sizeof(T));
+    if (kHasBuf) std::memcpy(bb, a.buf + i, k * sizeof(T));
+    if (kAdaptive) std::memcpy(eb, a.e + i, k * sizeof(T));
+    body(wb, gb, gsb, bb, eb);
+    std::memcpy(a.w + i, wb, k * sizeof(T));
+    if (kHasBuf) std::memcpy(a.buf + i, bb, k * sizeof(T));
+    flush();
+  }
+}
+
+// The function table ops.cpp dispatches through, one per ISA build of this header.
+template <typename T>
+KernelTable<T> make_table() {
+  KernelTable<T> t;
+  t.sq_norm = &sq_norm_range<T>;
+  t.perturb[0] = &perturb_range<T, false>;
+  t.perturb[1] = &perturb_range<T, true>;
+  // index: adaptive * 4 + has_buf * 2 + mask
+  t.update[0] = &update_range<T, false, false, false>;
+  t.update[1] = &update_range<T, false, false, true>;
+  t.update[2] = &update_range<T, false, true, false>;
+  t.update[3] = &update_range<T, false, true, true>;
+  t.update[4] = &update_range<T, true, false, false>;
+  t.update[5] = &update_range<T, true, false, true>;
+  t.update[6] = &update_range<T, true, true, false>;
+  t.update[7] = &update_range<T, true, true, true>;
+  return t;
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace saner_kernels
