@@ -60,24 +60,35 @@ def native_extensions():
     else:
         with_cuda = cuda_possible
 
-    define = [
-        f'-DSANER_KERNELS_SRC_HASH="{_source_hash(csrc)}"',
-        f'-DSANER_KERNELS_TORCH_VERSION="{torch.__version__}"',
-        f"-DSANER_KERNELS_WITH_CUDA={int(with_cuda)}",
-    ]
-    # -ffp-contract=off: no fused multiply-add, so results match the reference's separately rounded ops.
-    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"] + define
+    # Build facts for saner_kernels/ops/native.py's staleness check, in a generated header that only
+    # csrc/module.cpp includes: a source change then recompiles the changed files and module.cpp only.
+    generated = os.path.join(here, "build", "generated")
+    os.makedirs(generated, exist_ok=True)
+    info = (
+        "#pragma once\n"
+        f'#define SANER_KERNELS_SRC_HASH "{_source_hash(csrc)}"\n'
+        f'#define SANER_KERNELS_TORCH_VERSION "{torch.__version__}"\n'
+        f"#define SANER_KERNELS_WITH_CUDA {int(with_cuda)}\n"
+    )
+    info_path = os.path.join(generated, "saner_kernels_build_info.h")
+    if not os.path.exists(info_path) or open(info_path).read() != info:
+        with open(info_path, "w") as f:
+            f.write(info)
+    # -ffp-contract=off: the compiler fuses no multiply-add of its own (the kernels call fmadd/fma
+    # exactly where the reference's torch ops do), so results match the reference's rounding.
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources.append("csrc/cuda/saner_cuda.cu")
-        nvcc_flags = ["-O3", "-fmad=false", "--expt-relaxed-constexpr"] + define
+        nvcc_flags = ["-O3", "-fmad=false", "--expt-relaxed-constexpr"]
         ext = cpp_extension.CUDAExtension(
-            "saner_kernels._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags},
-            extra_link_args=["-fopenmp"],
+            "saner_kernels._C", sources, include_dirs=[generated],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags}, extra_link_args=["-fopenmp"],
         )
     else:
         ext = cpp_extension.CppExtension(
-            "saner_kernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+            "saner_kernels._C", sources, include_dirs=[generated], extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
         )
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
