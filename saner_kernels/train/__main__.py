@@ -22,9 +22,9 @@ from .report import format_table, plot_curves, summary_rows
 
 # Per-dataset defaults for the flags left unset. digits: the demo, sized for a few CPU minutes.
 DATASET_DEFAULTS = {
-    "digits": dict(model="smallcnn", epochs=40, k=10, batch_size=64, augment=False, compare="sgd,sam,saner"),
-    "cifar10": dict(model="wrn28-10", epochs=200, k=50, batch_size=128, augment=True, compare=None),
-    "cifar100": dict(model="wrn28-10", epochs=200, k=50, batch_size=128, augment=True, compare=None),
+    "digits": dict(model="smallcnn", epochs=60, k=15, batch_size=64, augment=False, compare="sgd,sam,saner", threads=1),
+    "cifar10": dict(model="wrn28-10", epochs=200, k=50, batch_size=128, augment=True, compare=None, threads=None),
+    "cifar100": dict(model="wrn28-10", epochs=200, k=50, batch_size=128, augment=True, compare=None, threads=None),
 }
 
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--compare", default=None, help="comma-separated optimizers run with the same data, noise and seed "
                                                  "(default for digits: sgd,sam,saner)")
     m.add_argument("--backend", default="auto", help="SAM/SANER kernel backend: auto, reference, cpp, cuda, triton")
-    m.add_argument("--epochs", type=int, default=None, help="default: 40 digits, 200 CIFAR")
+    m.add_argument("--epochs", type=int, default=None, help="default: 60 digits, 200 CIFAR")
     m.add_argument("--batch-size", type=int, default=None, help="default: 64 digits, 128 CIFAR")
     m.add_argument("--lr", type=float, default=0.1)
     m.add_argument("--milestones", default="0.5,0.75", help="lr decay points as fractions of the epochs")
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--rho", type=float, default=0.1)
     m.add_argument("--alpha", type=float, default=0.5, help="SANER's Group B weight (target of the schedule)")
     m.add_argument("--k", type=int, default=None, help="epochs of the linear alpha schedule 1 -> alpha (0: target "
-                                                     "from the start; default: 10 digits, 50 CIFAR)")
+                                                     "from the start; default: 15 digits, 50 CIFAR)")
     m.add_argument("--adaptive", action="store_true", help="adaptive (ASAM-style) perturbation")
     m.add_argument("--eps", type=float, default=1e-8)
     m.add_argument("--bn-stats", choices=("first", "second"), default="first",
@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast the forward pass in bfloat16")
     r.add_argument("--channels-last", action="store_true")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 for digits, whose tiny convolutions run slower with more "
+                        "threads on a busy machine; torch's default otherwise)")
     r.add_argument("--groups-every", type=int, default=10,
                    help="read the A/B/C group fractions every N steps (a host sync); 0: never")
     r.add_argument("--out", default=None, help="output folder (default: runs/<dataset>-<noise><rate>-<model>-s<seed>)")
@@ -167,8 +169,9 @@ def run(cfg: Config, names: list[str], resume: bool = False, log=print, progress
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads if args.threads is not None else DATASET_DEFAULTS[args.dataset]["threads"]
+    if threads:
+        torch.set_num_threads(threads)
     cfg, names = config_from_args(args)
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     t0 = time.time()
