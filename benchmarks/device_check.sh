@@ -28,8 +28,9 @@ MODELS=${MODELS:-"wrn-28-10 bucket"}
 BENCH_ARGS=${BENCH_ARGS:-}
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
-cd "$(dirname "$0")/.." || exit 2
 mkdir -p "$OUTDIR" || exit 2
+OUTDIR=$(cd "$OUTDIR" && pwd)  # relative to the caller's folder, then work from the repository root
+cd "$(dirname "$0")/.." || exit 2
 LOG="$OUTDIR/device_check.log"
 SUMMARY="$OUTDIR/summary.txt"
 : >"$LOG"
@@ -69,7 +70,7 @@ stage() {
     *) status=FAILED; FAILED=1 ;;
   esac
   say "== $name: $status (rc $rc, ${secs}s)"
-  note "$(printf '%-10s %-8s rc=%-4s %4ss  %s' "$name" "$status" "${rc%% *}" "$secs" "$cmd")"
+  note "$(printf '%-10s %-8s rc=%-4s %4ss  %s' "$name" "$status" "${rc%% *}" "$secs" "${cmd:0:110}")"
 }
 
 skip() {
