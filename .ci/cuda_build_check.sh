@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# CUDA build check: the build a GPU user runs, proven on this GPU-less machine.
+#
+# In a second virtualenv with a CUDA build of torch (torch==2.14.1 -> 2.14.1+cu130 from local disk; the main
+# test venv keeps the light CPU torch), `pip install --no-build-isolation .` must compile and link the CUDA
+# op for sm_80 and sm_90; then the installed module must load (undefined symbols show up only there), have
+# both its CPU and CUDA kernels registered, give the reference's CPU results, and carry sm_80/sm_90 code.
+# Exits non-zero on any failure.
+#
+# Env: SANER_CUDA_VENV (default <repo>/.venv-cuda, reused when it has torch 2.14.1+cu*), CUDA_HOME
+# (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), MAX_JOBS (default 2).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SANER_CUDA_VENV:-$ROOT/.venv-cuda}"
+PYTHON="${PYTHON:-python3}"
+T0=$(date +%s)
+say() { echo "[cuda-build-check +$(( $(date +%s) - T0 ))s] $*"; }
+
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+export MAX_JOBS="${MAX_JOBS:-2}"
+export SANER_KERNELS_CUDA=1  # fail instead of quietly building the CPU op only
+[ -x "$CUDA_HOME/bin/nvcc" ] || { echo "no nvcc at $CUDA_HOME/bin/nvcc (set CUDA_HOME)" >&2; exit 1; }
+
+venv_ok() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<'PY' 2>/dev/null
+import sys, torch, setuptools, ninja, pybind11, numpy  # noqa: F401
+sys.exit(0 if torch.__version__.startswith("2.14.1") and torch.version.cuda else 1)
+PY
+}
+if venv_ok; then
+  say "reusing $VENV"
+else
+  say "creating $VENV (torch==2.14.1, CUDA build)"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q torch==2.14.1 setuptools ninja pybind11 numpy
+  venv_ok || { echo "$VENV: torch 2.14.1 with CUDA did not install" >&2; exit 1; }
+fi
+say "$("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'), nvcc: $("$CUDA_HOME/bin/nvcc" --version | tail -1)"
+
+# Build from a clean copy of the sources: never touch the checkout's build/ or its in-place CPU extension.
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/src"
+(cd "$ROOT" && tar cf - --exclude='*.so' --exclude='__pycache__' \
+   setup.py pyproject.toml csrc saner_kernels tests/contract_cases.py) | tar xf - -C "$WORK/src"
+say "building (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
+if ! (cd "$WORK/src" && "$VENV/bin/pip" install -q --no-build-isolation --no-deps . >"$WORK/build.log" 2>&1); then
+  tail -60 "$WORK/build.log" >&2
+  echo "CUDA build failed" >&2
+  exit 1
+fi
+say "built"
+
+# Load the installed module from outside the source tree and check it.
+cd "$WORK"
+"$VENV/bin/python" - "$WORK/src/tests" <<'PY'
+import sys
+import torch
+
+sys.path.insert(0, sys.argv[1])  # contract_cases only; saner_kernels comes from site-packages
+import saner_kernels
+from saner_kernels import _C
+from saner_kernels.ops import native, reference
+import contract_cases as cc
+
+assert "site-packages" in saner_kernels.__file__, saner_kernels.__file__
+assert _C.WITH_CUDA, "the extension was built without its CUDA kernels"
+for op in ("grad_sq_norm", "perturb_", "update_"):
+    for key in ("CPU", "CUDA", "Meta"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"saner_kernels::{op}", key), (op, key)
+ok, reason = native.CPP.is_available("cpu")
+assert ok, reason
+if not torch.cuda.is_available():
+    ok, reason = native.CUDA.is_available("cuda")
+    assert not ok and reason == "CUDA is not available", reason
+bad = []
+for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    t = cc.make_bucket_tensors(4096 + 5, dtype, seed=1)
+    for sw in cc.SWITCHES:
+        try:
+            cc.assert_same_step(cc.run_step(native.CPP, t, **sw), cc.run_step(reference, t, **sw), dtype)
+        except AssertionError as exc:
+            bad.append((dtype, sw, str(exc)[:200]))
+    got, exp = native.CPP.grad_sq_norm(t["g"], t["w"]), reference.grad_sq_norm(t["g"], t["w"])
+    torch.testing.assert_close(got.double(), exp.double(), rtol=1e-6, atol=0.0)
+assert not bad, bad
+print("module", _C.__file__)
+print("CPU and CUDA kernels registered; CPU results match the reference; cpu isa:", _C.cpu_capability())
+with open("so_path", "w") as f:
+    f.write(_C.__file__)
+PY
+
+CUOBJDUMP=""
+for d in "$VENV" "$ROOT/.venv"; do
+  c="$(ls "$d"/lib/python3*/site-packages/triton/backends/nvidia/bin/cuobjdump 2>/dev/null | head -1 || true)"
+  [ -n "$c" ] && { CUOBJDUMP="$c"; break; }
+done
+[ -z "$CUOBJDUMP" ] && [ -x "$CUDA_HOME/bin/cuobjdump" ] && CUOBJDUMP="$CUDA_HOME/bin/cuobjdump"
+[ -n "$CUOBJDUMP" ] || { echo "no cuobjdump found (triton's package ships one)" >&2; exit 1; }
+ELF="$("$CUOBJDUMP" --list-elf "$(cat so_path)")"
+echo "$ELF" | sed 's/^/  /'
+for arch in sm_80 sm_90; do
+  echo "$ELF" | grep -q "$arch" || { echo "no $arch code in the built library" >&2; exit 1; }
+done
+say "OK: CUDA op built, loads, registered for CPU and CUDA, sm_80 + sm_90 code present"
