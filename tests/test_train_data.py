@@ -155,3 +155,25 @@ def test_device_batches_augmentation_deterministic_and_shapes(tmp_path):
     no_aug = DeviceData(ds, noisy, torch.device("cpu"), augment=False)
     idx, xb, _ = next(no_aug.train_batches(4, torch.Generator().manual_seed(1)))
     assert torch.allclose(xb, (x[idx].float() - data.mean) * data.inv_std)
+
+
+def test_digits_without_sklearn_says_what_to_install(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(DataError, match="scikit-learn"):
+        load_dataset("digits")
+
+
+@pytest.mark.parametrize("dataset,writer,extra", [
+    ("cifar10", write_cifar10, ["--noise", "asym", "--noise-rate", "0.5", "--model", "wrn10-1"]),
+    ("cifar100", write_cifar100, ["--noise", "sym", "--noise-rate", "0.5", "--model", "resnet18", "--epochs", "1"]),
+])
+def test_cli_on_tiny_cifar(tmp_path, capsys, dataset, writer, extra):
+    from saner_kernels.train.__main__ import main
+    writer(str(tmp_path / "data"))
+    rc = main(["--dataset", dataset, "--data-dir", str(tmp_path / "data"), "--optimizer", "saner", "--epochs", "2",
+               "--batch-size", "8", "--threads", "1", "--out", str(tmp_path / "out"), "--no-progress", *extra])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| saner" in out and "realised rate" in out
+    assert (tmp_path / "out" / "saner" / "checkpoint.pt").exists()

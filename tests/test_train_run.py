@@ -35,16 +35,20 @@ def test_noise_realised_on_digits(digits_data):
     assert int(data.is_noisy.sum()) == info["noisy_samples"]
 
 
-@pytest.mark.parametrize("opt", ["sgd", "sam", "saner"])
-def test_few_steps_each_optimizer(tmp_path, digits_data, opt):
+@pytest.mark.parametrize("opt,bn_stats", [("sgd", "first"), ("sam", "first"), ("saner", "first"), ("saner", "second")])
+def test_few_steps_each_optimizer(tmp_path, digits_data, opt, bn_stats):
     _, data, ds, _ = digits_data
-    cfg = tiny_config(tmp_path, epochs=2, milestones=(1.0,))
+    cfg = tiny_config(tmp_path, epochs=2, milestones=(1.0,), bn_stats=bn_stats)
     run = Run(cfg, opt, data, ds.num_classes, ds.in_channels, log=lambda s: None, progress=False)
     before = [p.detach().clone() for p in run.model.parameters()]
     hist = run.fit()
     assert [r["epoch"] for r in hist] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in hist)
     assert any(not torch.equal(b, p) for b, p in zip(before, run.model.parameters()))
+    steps = 2 * data.num_train_batches(cfg.batch_size)
+    for m in run.model.modules():  # one of the two SAM/SANER passes updates the running statistics
+        if isinstance(m, nn.BatchNorm2d):
+            assert int(m.num_batches_tracked) == steps
     last = hist[-1]
     for key in ("train_clean_acc", "noisy_fit_acc", "noisy_true_acc", "test_acc"):
         assert 0.0 <= last[key] <= 1.0
@@ -126,3 +130,12 @@ def test_lr_schedule_and_bn_freeze():
     assert bn.track_running_stats
     bn(x)
     assert int(bn.num_batches_tracked) == 1 and not torch.equal(bn.running_mean, torch.zeros(3))
+
+
+def test_plot_skipped_without_matplotlib(tmp_path, monkeypatch):
+    import sys
+    from saner_kernels.train.report import plot_curves
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    hist = {"sgd": [{"epoch": 1, "test_acc": 0.5, "noisy_fit_acc": 0.1, "train_clean_acc": 0.6}]}
+    assert plot_curves(hist, str(tmp_path / "c.png")) is None
+    assert not (tmp_path / "c.png").exists()

@@ -107,6 +107,11 @@ def config_from_args(args) -> tuple[Config, list[str]]:
     bad = [n for n in names if n not in OPTIMIZERS]
     if bad or len(set(names)) != len(names):
         raise SystemExit(f"--compare: optimizers must be distinct names from {OPTIMIZERS}, got {names}")
+    if args.noise == "asym" and args.dataset not in ("cifar10", "cifar100"):
+        raise SystemExit(f"--noise asym is defined for cifar10 (class map) and cifar100 (next class), "
+                         f"not {args.dataset}; use --noise sym or idn")
+    if not 0.0 <= args.noise_rate <= 1.0:
+        raise SystemExit(f"--noise-rate must be in [0, 1], got {args.noise_rate}")
     model = pick(args.model, "model")
     cfg = Config(
         dataset=args.dataset, data_dir=args.data_dir, model=model, width=args.width, dropout=args.dropout,
