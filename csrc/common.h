@@ -21,7 +21,7 @@ struct UpdateArgs {
   const T* g_sgd;
   T* buf;      // nullptr when momentum == 0
   const T* e;  // nullptr unless adaptive
-  float scale;
+  double scale;  // the 0-dim scale tensor's value (fp32 or fp64), rounded to C in the kernels
   double lr, momentum, dampening, weight_decay, alpha, eps;
   bool nesterov, first_momentum_step;
 };
@@ -29,7 +29,7 @@ struct UpdateArgs {
 template <typename T>
 struct KernelTable {
   double (*sq_norm)(const T* g, const T* w, int64_t begin, int64_t end);
-  void (*perturb[2])(T* w, const T* g, T* g_sgd, T* e, float scale, int64_t begin, int64_t end);
+  void (*perturb[2])(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin, int64_t end);
   void (*update[8])(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* count_a, int64_t* count_b);
 };
 

@@ -64,13 +64,15 @@ void check_dtype(const at::Tensor& t) {
               "saner_kernels: unsupported dtype ", st, " (float32, float64, bfloat16, float16 are supported)");
 }
 
-float read_scale_cpu(const at::Tensor& scale) {
-  TORCH_CHECK(scale.numel() == 1 && scale.scalar_type() == at::kFloat,
-              "saner_kernels: scale must be a 0-dim float32 tensor, got ", scale.scalar_type(), " of shape ",
-              scale.sizes());
+// The scale is a 0-dim fp32 tensor (fp64 allowed: the optimizer's scale for fp64 buckets). Its value
+// is exact as a double; the kernels round it to their compute type, as torch's type promotion does.
+double read_scale_cpu(const at::Tensor& scale) {
+  TORCH_CHECK(scale.numel() == 1 && (scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble),
+              "saner_kernels: scale must be a 0-dim float32 (or float64) tensor, got ", scale.scalar_type(),
+              " of shape ", scale.sizes());
   TORCH_CHECK(scale.device().is_cpu(), "saner_kernels: scale must be on the tensors' device (cpu), got ",
               scale.device());
-  return scale.item<float>();
+  return scale.scalar_type() == at::kFloat ? static_cast<double>(scale.item<float>()) : scale.item<double>();
 }
 
 template <typename F>
@@ -119,7 +121,7 @@ void perturb_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
   check_flat(g, w, "g");
   check_flat(g_sgd, w, "g_sgd");
   if (e.has_value()) check_flat(*e, w, "e");
-  const float s = read_scale_cpu(scale);
+  const double s = read_scale_cpu(scale);
   if (!std::isfinite(s)) return;  // skipped step: write nothing
   const int64_t n = w.numel();
   dispatch_dtype(w.scalar_type(), [&](auto tag) {
@@ -148,7 +150,7 @@ void update_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sg
                     stats->device() == w.device(),
                 "saner_kernels: stats must be a contiguous int64 tensor of 3 counters on ", w.device());
   }
-  const float s = read_scale_cpu(scale);
+  const double s = read_scale_cpu(scale);
   if (!std::isfinite(s)) return;  // skipped step: write nothing, count nothing
   const int64_t n = w.numel();
   const bool mask = alpha != 1.0 || stats.has_value();

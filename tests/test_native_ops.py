@@ -199,6 +199,15 @@ def test_no_momentum_no_weight_decay(cpp):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16), ids=str)
+def test_fp64_scale(cpp, dtype):
+    """The optimizer hands fp64 buckets an fp64 scale; fp32 tensors round it to fp32 like torch does."""
+    t = make_bucket_tensors(4096 + 3, dtype, seed=53)
+    for sw in SWITCHES[::4]:
+        s = scale_for(t, adaptive=sw["adaptive"]).double() * (1 + 1e-12)
+        assert_same_step(run_step(cpp, t, scale=s, **sw), run_step(reference, t, scale=s, **sw), dtype)
+
+
 def test_dampening(cpp):
     t = make_bucket_tensors(1024, torch.float32, seed=37)
     for sw in SWITCHES[:8]:
@@ -243,7 +252,7 @@ def test_scale_stays_a_tensor_and_inputs_are_checked(cpp):
     with pytest.raises(RuntimeError, match="elements"):
         cpp.perturb_(t["w"], t["g"][:128], t["g_sgd"], s)
     with pytest.raises(RuntimeError, match="scale"):
-        cpp.perturb_(t["w"], t["g"], t["g_sgd"], s.double())
+        cpp.perturb_(t["w"], t["g"], t["g_sgd"], s.half())
     with pytest.raises(RuntimeError, match="stats"):
         cpp.update_(t["w"], t["g_sam"], t["g_sgd"], t["buf"], s, lr=0.1, momentum=0.9, dampening=0.0,
                     weight_decay=0.0, alpha=0.5, eps=EPS, nesterov=False, first_momentum_step=False,

@@ -105,7 +105,7 @@ double sq_norm_range(const T* g, const T* w, int64_t begin, int64_t end) {
 // ---------------------------------------------------------------------------------- perturb_
 // g_sgd <- g;  e = (w*w*g*s if adaptive else g*s);  w <- w + e;  (e stored when adaptive)
 template <typename T, bool kAdaptive>
-void perturb_range(T* w, const T* g, T* g_sgd, T* e, float scale, int64_t begin, int64_t end) {
+void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin, int64_t end) {
   using C = compute_t<T>;
   using Vec = Vectorized<C>;
   constexpr int64_t V = Vec::size();

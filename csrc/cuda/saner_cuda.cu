@@ -75,7 +75,14 @@ __device__ __forceinline__ acc_t<T> to_acc(T x) {
 __device__ __forceinline__ float fma_(float a, float b, float c) { return __fmaf_rn(a, b, c); }
 __device__ __forceinline__ double fma_(double a, double b, double c) { return __fma_rn(a, b, c); }
 
-__device__ __forceinline__ bool finite_scale(const float* scale) { return isfinite(*scale); }
+// The scale: a 0-dim fp32 tensor, or fp64 (the optimizer's scale for fp64 buckets); exact as a double.
+struct ScalePtr {
+  const void* p;
+  bool is_double;
+  __device__ __forceinline__ double get() const {
+    return is_double ? *static_cast<const double*>(p) : static_cast<double>(*static_cast<const float*>(p));
+  }
+};
 
 // ------------------------------------------------------------------------------------ grad_sq_norm
 template <typename C>
@@ -151,11 +158,12 @@ __global__ void sq_norm_final_kernel(const double* __restrict__ partial, int n_p
 // ------------------------------------------------------------------------------------ perturb_
 template <typename T, bool kVec, bool kAdaptive>
 __global__ void perturb_kernel(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ g_sgd, T* __restrict__ e,
-                               const float* __restrict__ scale, int64_t n_items, int64_t n) {
-  if (!finite_scale(scale)) return;  // skipped step: write nothing
+                               ScalePtr scale, int64_t n_items, int64_t n) {
+  const double sd = scale.get();
+  if (!isfinite(sd)) return;  // skipped step: write nothing
   using A = Access<T, kVec>;
   using C = acc_t<T>;
-  const C s = static_cast<C>(*scale);
+  const C s = static_cast<C>(sd);
   auto one = [&](C wv, C gv, C& ev) -> C {
     if constexpr (kAdaptive) {
       ev = wv * wv * gv * s;
@@ -252,13 +260,14 @@ __device__ __forceinline__ void add_counts(int ca, int cb, int cc, unsigned long
 
 template <typename T, bool kVec, bool kAdaptive, bool kHasBuf, bool kMask>
 __global__ void update_kernel(T* __restrict__ w, const T* __restrict__ g, const T* __restrict__ g_sgd,
-                              T* __restrict__ buf, const T* __restrict__ e, const float* __restrict__ scale,
+                              T* __restrict__ buf, const T* __restrict__ e, ScalePtr scale,
                               UpdateScalars<acc_t<T>> p, unsigned long long* __restrict__ stats, int64_t n_items,
                               int64_t n) {
-  if (!finite_scale(scale)) return;  // skipped step: write nothing, count nothing
+  const double sd = scale.get();
+  if (!isfinite(sd)) return;  // skipped step: write nothing, count nothing
   using A = Access<T, kVec>;
   using C = acc_t<T>;
-  const C s = static_cast<C>(*scale);
+  const C s = static_cast<C>(sd);
   int cnt[3] = {0, 0, 0};
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * kUnroll;
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x * kUnroll + threadIdx.x; base < n_items;
@@ -320,10 +329,13 @@ void check_flat(const at::Tensor& t, const at::Tensor& like, const char* name) {
 }
 
 void check_scale(const at::Tensor& scale, const at::Tensor& like) {
-  TORCH_CHECK(scale.numel() == 1 && scale.scalar_type() == at::kFloat && scale.device() == like.device(),
-              "saner_kernels: scale must be a 0-dim float32 tensor on ", like.device(), ", got ",
+  TORCH_CHECK(scale.numel() == 1 && (scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble) &&
+                  scale.device() == like.device(),
+              "saner_kernels: scale must be a 0-dim float32 (or float64) tensor on ", like.device(), ", got ",
               scale.scalar_type(), " of shape ", scale.sizes(), " on ", scale.device());
 }
+
+ScalePtr scale_ptr(const at::Tensor& scale) { return ScalePtr{scale.const_data_ptr(), scale.scalar_type() == at::kDouble}; }
 
 bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % 16) == 0; }
 
@@ -411,7 +423,7 @@ void perturb_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_
         constexpr bool kAdaptive = decltype(ka)::value;
         const int64_t n_items = n / Access<T, kVec>::N;
         perturb_kernel<T, kVec, kAdaptive><<<grid_for(n_items), kThreads, 0, stream>>>(
-            wp, gp, gsp, ep, scale.const_data_ptr<float>(), n_items, n);
+            wp, gp, gsp, ep, scale_ptr(scale), n_items, n);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
@@ -466,7 +478,7 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
             constexpr bool kVec = decltype(kv)::value;
             const int64_t n_items = n / Access<T, kVec>::N;
             update_kernel<T, kVec, decltype(ka)::value, decltype(kb)::value, decltype(km)::value>
-                <<<grid_for(n_items), kThreads, 0, stream>>>(wp, gp, gsp, bp, ep, scale.const_data_ptr<float>(), p,
+                <<<grid_for(n_items), kThreads, 0, stream>>>(wp, gp, gsp, bp, ep, scale_ptr(scale), p,
                                                              sp, n_items, n);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           });
