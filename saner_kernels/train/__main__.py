@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="saner-train",
         description="Train on noisy labels with SGD, SAM or SANER and measure memorisation. "
-                    "No arguments: the digits demo comparing sgd,sam,saner (40%% symmetric noise).",
+                    "No arguments: the digits demo comparing sgd,sam,saner (40% symmetric noise).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument_group("data and noise")
     a.add_argument("--dataset", choices=DATASETS, default="digits")

@@ -17,12 +17,18 @@ class JsonlLog:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
     def rewrite(self, records: Sequence[dict]) -> None:
-        atomic_write_bytes(self.path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records).encode())
+        atomic_write_bytes(self.path, "".join(_dumps(r) + "\n" for r in records).encode())
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.write(_dumps(record) + "\n")
             f.flush()
+
+
+def _dumps(record: dict) -> str:
+    """Strict JSON: NaN/inf (e.g. group fractions of a skipped step) become null."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean, default=_json_default, allow_nan=False)
 
 
 def _json_default(o):
