@@ -31,7 +31,8 @@ test: install
 	$(PY) -m pytest tests -q
 
 demo: install
-	$(PY) -m saner_kernels.train
+	$(PY) -m saner_kernels.train --compare sgd,sam,saner --dataset digits --noise sym --noise-rate 0.4 \
+		--model smallcnn --epochs 60 --k 15 --seed 0 --out runs/demo
 
 bench: install
 	$(PY) -m benchmarks.run --device cpu --out bench-results
