@@ -142,6 +142,52 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin
 }
 
 // ---------------------------------------------------------------------------------- update_
+#if !defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+// Baseline build: ATen's generic Vectorized compares and blends lane by lane through memory (25x slower
+// than this loop), so the update is a plain loop the compiler vectorizes itself. Same expressions;
+// fmadd is a*b + c with two roundings, exactly what ATen's generic vec::fmadd computes.
+template <typename T, bool kAdaptive, bool kHasBuf, bool kMask>
+void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* count_a, int64_t* count_b) {
+  using C = compute_t<T>;
+  const C s = static_cast<C>(a.scale);
+  const C neg_lr = static_cast<C>(-a.lr);
+  const C mu = static_cast<C>(a.momentum);
+  const C damp = static_cast<C>(1.0 - a.dampening);
+  const C wd = static_cast<C>(a.weight_decay);
+  const C alpha = static_cast<C>(a.alpha);
+  const C eps = static_cast<C>(a.eps);
+  const bool use_alpha = a.alpha != 1.0;
+  const bool use_wd = a.weight_decay != 0.0;
+  const bool nesterov = a.nesterov;
+  const bool first = a.first_momentum_step;
+  int64_t na = 0, nb_count = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const C g = static_cast<C>(a.g[i]);
+    const C gs = static_cast<C>(a.g_sgd[i]);
+    const C ev = kAdaptive ? static_cast<C>(a.e[i]) : gs * s;
+    const C wv = static_cast<C>(a.w[i]) - ev;
+    C d = g;
+    if constexpr (kMask) {
+      const C den = gs + eps;
+      const bool same = (g > C(0) && den > C(0)) || (g < C(0) && den < C(0));
+      const C ga = std::abs(g), da = std::abs(den);
+      const bool in_b = same && ga < da;
+      if (use_alpha && in_b) d = g * alpha;
+      na += (same && ga >= da) ? 1 : 0;
+      nb_count += in_b ? 1 : 0;
+    }
+    if (use_wd) d = wv * wd + d;
+    if constexpr (kHasBuf) {
+      const C nb = first ? d : d * damp + static_cast<C>(a.buf[i]) * mu;
+      d = nesterov ? nb * mu + d : nb;
+      a.buf[i] = static_cast<T>(nb);
+    }
+    a.w[i] = static_cast<T>(d * neg_lr + wv);
+  }
+  *count_a += na;
+  *count_b += nb_count;
+}
+#else
 template <typename T, bool kAdaptive, bool kHasBuf, bool kMask>
 void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* count_a, int64_t* count_b) {
   using C = compute_t<T>;
@@ -235,6 +281,7 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* c
     flush();
   }
 }
+#endif
 
 // The function table ops.cpp dispatches through, one per ISA build of this header.
 template <typename T>
