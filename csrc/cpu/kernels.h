@@ -110,6 +110,7 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin
   using Vec = Vectorized<C>;
   constexpr int64_t V = Vec::size();
   const Vec s(static_cast<C>(scale));
+  const bool stream_g_sgd = (reinterpret_cast<uintptr_t>(g_sgd + begin) % 32) == 0;  // aligned for 256-bit stores
   auto body = [&](T* wp, const T* gp, T* gsp, T* ep) {
     const Vec gv = IO<T>::load(gp);
     const Vec wv = IO<T>::load(wp);
@@ -122,6 +123,16 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin
     }
     IO<T>::store(wp, wv + ev);
     if constexpr (std::is_same_v<T, C>) {
+#if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+      // g_sgd is only read again in the update, after the second backward: a streaming store skips
+      // reading its old cache lines first (4 of the 20 bytes/elem this pass would otherwise move).
+      if constexpr (std::is_same_v<T, float>) {
+        if (stream_g_sgd) {
+          _mm256_stream_ps(reinterpret_cast<float*>(gsp), gv);
+          return;
+        }
+      }
+#endif
       gv.store(gsp);
     } else {
       std::memcpy(gsp, gp, V * sizeof(T));  // bit copy, like g_sgd.copy_(g)
@@ -129,9 +140,12 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin
   };
   int64_t i = begin;
   for (; i + V <= end; i += V) body(w + i, g + i, g_sgd + i, kAdaptive ? e + i : nullptr);
+#if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+  if (std::is_same_v<T, float> && stream_g_sgd) _mm_sfence();  // order the streaming stores
+#endif
   if (i < end) {  // tail through the same vector code on zero-padded copies
     const int64_t k = end - i;
-    T wb[V] = {}, gb[V] = {}, gsb[V] = {}, eb[V] = {};
+    alignas(64) T wb[V] = {}, gb[V] = {}, gsb[V] = {}, eb[V] = {};  // aligned: g_sgd may be streamed
     std::memcpy(wb, w + i, k * sizeof(T));
     std::memcpy(gb, g + i, k * sizeof(T));
     body(wb, gb, gsb, eb);
