@@ -8,19 +8,11 @@ from setuptools import find_packages, setup
 
 
 def _source_hash(csrc):
-    """Hash of csrc/ (same function as saner_kernels/ops/native.py): marks a build stale once csrc changes."""
-    import hashlib
+    """saner_kernels/_source_hash.py, loaded by path: the package itself is not importable yet."""
+    import runpy
 
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(csrc):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.endswith((".cpp", ".h", ".cu", ".cuh")):
-                path = os.path.join(dirpath, name)
-                digest.update(os.path.relpath(path, csrc).replace(os.sep, "/").encode())
-                with open(path, "rb") as f:
-                    digest.update(f.read())
-    return digest.hexdigest()[:16]
+    here = os.path.dirname(os.path.abspath(__file__))
+    return runpy.run_path(os.path.join(here, "saner_kernels", "_source_hash.py"))["source_hash"](csrc)
 
 
 def native_extensions():

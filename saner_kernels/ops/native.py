@@ -12,32 +12,19 @@ missing or stale: ``is_available`` says so, with the command that (re)builds it.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .._source_hash import source_hash
+
 ABI_VERSION = 1  # must equal kAbiVersion in csrc/common.h
 BUILD_HINT = "pip install --no-build-isolation -e .  (or `pip install --no-build-isolation .`)"
 
 _EXT = None
 _EXT_ERROR = ""
-
-
-def _source_hash(csrc: str) -> str:
-    """Hash of ``csrc/``: the same function as ``_source_hash`` in setup.py."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(csrc):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.endswith((".cpp", ".h", ".cu", ".cuh")):
-                path = os.path.join(dirpath, name)
-                digest.update(os.path.relpath(path, csrc).replace(os.sep, "/").encode())
-                with open(path, "rb") as f:
-                    digest.update(f.read())
-    return digest.hexdigest()[:16]
 
 
 def _load_extension():
@@ -62,7 +49,7 @@ def _load_extension():
     # In a source checkout (editable install) csrc/ sits next to the package: a build older than the
     # sources is stale. An installed wheel has no csrc/ and skips this check.
     csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
-    if os.path.isdir(csrc) and getattr(ext, "SOURCE_HASH", None) != _source_hash(csrc):
+    if os.path.isdir(csrc) and getattr(ext, "SOURCE_HASH", None) != source_hash(csrc):
         problems.append("csrc/ changed since it was built")
     if problems:
         _EXT_ERROR = f"the native extension is stale ({'; '.join(problems)}): rebuild with `{BUILD_HINT}`"
