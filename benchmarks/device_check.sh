@@ -81,7 +81,7 @@ skip() {
 if [ "$DRY" = "1" ]; then
   say "# device_check.sh DRY RUN (CPU, no install), $(date -Iseconds), output in $OUTDIR"
 else
-  say "# device_check.sh on $(hostname), $(date -Iseconds), output in $OUTDIR"
+  say "# device_check.sh on $(uname -n), $(date -Iseconds), output in $OUTDIR"
 fi
 
 # 1. environment
