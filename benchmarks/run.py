@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from . import peers
 from .measure import bandwidth_probe, free_memory, median_ms, optimizer_memory, sync
-from .models import build_model
+from saner_kernels.train.models import build_model
 from .shapes import DEFAULT_MODELS, describe, make_params, param_shapes
 
 HP = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)  # the paper's CIFAR settings
@@ -222,7 +222,7 @@ class TrainRow:
 def train_rows(device, model_name: str, batch: int, iters: int, warmup: int) -> list[TrainRow]:
     """Two forward/backward passes + the step on random 32x32 batches; optimizer share of the time."""
     torch.manual_seed(0)
-    template = build_model(model_name).to(device)
+    template = build_model(model_name, num_classes=10).to(device)
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     variants: list[tuple[str, str, Optional[Callable]]] = []

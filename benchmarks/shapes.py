@@ -1,6 +1,6 @@
 """Parameter-shape sets for the optimizer microbenchmarks, taken from real module definitions.
 
-``SHAPE_SETS`` names what ``--models`` accepts: the CIFAR models of ``benchmarks/models.py``
+``SHAPE_SETS`` names what ``--models`` accepts: the CIFAR models of ``saner_kernels/train/models.py``
 (``wrn-28-10``: 36,479,194 params in 80 tensors, ``wrn-16-8``, ``resnet18``, or any ``wrn-D-K``)
 and ``bucket``, one large synthetic tensor (``--bucket-numel``, 2**26 by default on CUDA, 2**24
 on CPU) that shows the kernels' streaming rate without per-tensor overheads.
@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from .models import build_model
+from saner_kernels.train.models import build_model
 
 DEFAULT_MODELS = ("wrn-28-10", "wrn-16-8", "resnet18", "bucket")
 BUCKET_NUMEL = {"cuda": 1 << 26, "cpu": 1 << 24}
@@ -23,7 +23,7 @@ def param_shapes(name: str, bucket_numel: Optional[int] = None, device: str = "c
         n = bucket_numel or BUCKET_NUMEL.get(torch.device(device).type, 1 << 24)
         return [torch.Size([n])]
     with torch.device("meta"):
-        model = build_model(name)
+        model = build_model(name, num_classes=10)
     return [p.shape for p in model.parameters()]
 
 
