@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 import os
 import sys
@@ -21,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import SAM, SANER, AlphaScheduler
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DeviceData
 from .models import build_model
@@ -92,31 +92,17 @@ def lr_at(cfg: Config, epoch: int) -> float:
     return cfg.lr * cfg.lr_gamma ** passed
 
 
-def _filtered_kwargs(cls, kwargs: dict) -> dict:
-    try:
-        sig = inspect.signature(cls.__init__)
-    except (TypeError, ValueError):
-        return kwargs
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in sig.parameters}
-
-
 def build_optimizer(name: str, params, cfg: Config):
     """Returns (optimizer, alpha scheduler or None)."""
     if name == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                               nesterov=cfg.nesterov, dampening=cfg.dampening)
         return opt, None
-    try:
-        from saner_kernels import SAM, SANER, AlphaScheduler
-    except ImportError as exc:
-        raise RuntimeError(f"--optimizer {name} needs saner_kernels.SANER/SAM, which cannot be imported: {exc}") from exc
     kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, rho=cfg.rho,
                   adaptive=cfg.adaptive, nesterov=cfg.nesterov, dampening=cfg.dampening, eps=cfg.eps,
                   backend=cfg.backend, track_groups=True)
     if name == "sam":
-        return SAM(params, **_filtered_kwargs(SAM, kwargs)), None
+        return SAM(params, **kwargs), None
     if name == "saner":
         opt = SANER(params, alpha=cfg.alpha, **kwargs)
         return opt, AlphaScheduler(opt, k=cfg.k)
@@ -177,19 +163,6 @@ def _set_rng_state(st: dict, gen: torch.Generator) -> None:
     gen.set_state(st["data"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def _group_fractions(opt) -> Optional[dict]:
-    fn = getattr(opt, "group_fractions", None)
-    if fn is None:
-        return None
-    try:
-        fr = fn()
-    except Exception:
-        return None
-    if not fr:
-        return None
-    return {k: float(v) for k, v in fr.items()}
 
 
 class Run:
@@ -317,10 +290,10 @@ class Run:
                     self._loss(x, y).backward()
                 opt.second_step(zero_grad=True)
                 if cfg.groups_every > 0 and (step % cfg.groups_every == 0 or step == nb - 1):
-                    fr = _group_fractions(opt)
-                    if fr is not None:
+                    fr = opt.group_fractions()  # a host sync: only every groups_every steps
+                    if not math.isnan(fr["B"]):  # NaN: the step was skipped (non-finite gradients)
                         for k in fr_sum:
-                            fr_sum[k] += fr.get(k, 0.0)
+                            fr_sum[k] += fr[k]
                         fr_n += 1
             loss_sum += loss.detach().float() * x.shape[0]
             bar.update()
