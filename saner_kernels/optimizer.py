@@ -297,6 +297,7 @@ class SANER(torch.optim.Optimizer):
             self._stats = [(counts, torch.where(torch.isfinite(scale), padding, 0))
                            for counts, padding, scale in stats_by_device.values()]
         self._perturbed = False
+        self._opt_called = True  # what a torch LR scheduler checks: second_step() is the optimizer step
         self._nonfinite.poll()
         if zero_grad:
             self.zero_grad()

@@ -372,3 +372,14 @@ def test_alpha_scheduler():
     assert AlphaScheduler(SANER(model.parameters(), lr=0.1, alpha=0.3), k=0).get_alpha() == [0.3]
     with pytest.raises(ValueError, match="k"):
         AlphaScheduler(opt, k=-1)
+
+
+def test_torch_lr_scheduler_sees_second_step_as_the_step():
+    model = MODELS["mlp"]()
+    opt = SANER(model.parameters(), **HYPER)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    run_saner(model, opt, batches("mlp", 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "lr_scheduler.step() before optimizer.step()" warning
+        sched.step()
+    assert opt.param_groups[0]["lr"] == HYPER["lr"] * 0.5
