@@ -127,7 +127,8 @@ class SANER(torch.optim.Optimizer):
         self._scales: dict[tuple[int, int], Tensor] = {}  # (group index, bucket index) -> s on device
         self._perturbed = False
         self._nonfinite = _NonFiniteWatch()
-        self._stats: list[tuple[Tensor, Tensor]] = []  # per device: (A, B, C counts), padding counted
+        self._norm_finite: Optional[Tensor] = None  # device flag of the current step
+        self._group_counts: Optional[tuple] = None  # (per-device A/B/C counts, padding, norm finite)
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ torch.optim plumbing
@@ -256,12 +257,14 @@ class SANER(torch.optim.Optimizer):
             bucket.gather_grads()
             partials.append(backend.grad_sq_norm(bucket.flat_grad, bucket.flat_param if group["adaptive"] else None))
         self._scales = {}
+        self._norm_finite = None
         if partials:
             home = partials[0].device
             dtype = torch.float64 if any(t.dtype == torch.float64 for t in partials) else torch.float32
             total = torch.stack([t.to(device=home, dtype=dtype, non_blocking=True) for t in partials]).sum()
             norm = total.sqrt()
             finite = torch.isfinite(norm)
+            self._norm_finite = finite
             self._nonfinite.add(~finite)
             for gi, bi, group, bucket, backend in self._all_buckets():
                 scale = torch.where(finite, group["rho"] / (norm + _NORM_EPS), torch.full_like(norm, float("nan")))
@@ -284,18 +287,16 @@ class SANER(torch.optim.Optimizer):
             if not bucket.params_bound():
                 raise RuntimeError("a parameter's storage was replaced between first_step() and second_step() "
                                    "(model.to(), p.data = ...); do that outside a SANER step.")
-        stats_by_device: dict[torch.device, list] = {}
+        counts: dict[torch.device, Tensor] = {}  # Group A, B, C counters, one per device
         for gi, bi, group, bucket, backend in self._all_buckets():
             bucket.gather_grads()
-            scale = self._scales[gi, bi]
             stats = None
             if self.track_groups:
-                entry = stats_by_device.setdefault(bucket.device, [torch.zeros(3, dtype=torch.int64, device=bucket.device), 0, scale])
-                stats, entry[1] = entry[0], entry[1] + bucket.n_pad
-            self._update_bucket(group, bucket, backend, scale, stats)
+                stats = counts.setdefault(bucket.device, torch.zeros(3, dtype=torch.int64, device=bucket.device))
+            self._update_bucket(group, bucket, backend, self._scales[gi, bi], stats)
         if self.track_groups:
-            self._stats = [(counts, torch.where(torch.isfinite(scale), padding, 0))
-                           for counts, padding, scale in stats_by_device.values()]
+            padding = sum(bucket.n_pad for bucket in self.buckets())  # counted as Group C by the kernels
+            self._group_counts = (list(counts.values()), padding, self._norm_finite)
         self._perturbed = False
         self._opt_called = True  # what a torch LR scheduler checks: second_step() is the optimizer step
         self._nonfinite.poll()
@@ -338,8 +339,8 @@ class SANER(torch.optim.Optimizer):
             sl = {k: (v[offset:offset + numel] if v is not None else None) for k, v in flat.items()}
             reference.update_(sl["w"], sl["g"], sl["g_sgd"], sl["buf"], scale, e=sl["e"],
                               first_momentum_step=not first, **kwargs)
-        if kwargs["stats"] is not None:  # padding counts as Group C, as in the kernels, unless skipped
-            kwargs["stats"][2] += torch.where(torch.isfinite(scale), bucket.n_pad, 0)
+        if kwargs["stats"] is not None:  # padding counts as Group C, as in the kernels
+            kwargs["stats"][2] += bucket.n_pad
 
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
         """One full SANER step with a closure (davda54/sam style).
@@ -382,16 +383,16 @@ class SANER(torch.optim.Optimizer):
         """
         if not self.track_groups:
             raise RuntimeError("group statistics are off: construct the optimizer with track_groups=True")
-        if not self._stats:
+        if self._group_counts is None:
             raise RuntimeError("no second_step() has run yet, so there are no group statistics")
-        counts = torch.zeros(3, dtype=torch.int64)
-        for device_counts, padding in self._stats:
-            counts += device_counts.cpu()  # (a new tensor off CPU, the same one on CPU: add, never edit)
-            counts[2] -= int(padding)
+        per_device, padding, finite = self._group_counts
+        nan = {"A": float("nan"), "B": float("nan"), "C": float("nan")}
+        if finite is None or not bool(finite):  # no parameters, or the step was skipped
+            return nan
+        counts = sum(c.cpu() for c in per_device)
+        counts[2] -= padding
         total = int(counts.sum())
-        if total == 0:
-            return {"A": float("nan"), "B": float("nan"), "C": float("nan")}
-        return {name: int(c) / total for name, c in zip("ABC", counts)}
+        return {name: int(c) / total for name, c in zip("ABC", counts)} if total else nan
 
     def buckets(self) -> list[FlatBucket]:
         """The flat buckets (built at the first step), for inspection and benchmarks."""

@@ -1,6 +1,7 @@
 """The optimizer's torch.optim behaviour: resume, buckets and views, edge cases, bad input, schedule."""
 import copy
 import io
+import math
 import warnings
 
 import pytest
@@ -266,7 +267,7 @@ def test_non_finite_first_gradient_skips_the_step(bad, backend):
     for first in (False, True):  # with and without initialised momentum
         if first:
             model = MODELS["mlp"](seed=3)
-            opt = SANER(model.parameters(), backend=backend, **HYPER)
+            opt = SANER(model.parameters(), backend=backend, track_groups=True, **HYPER)
         before = snapshot(model, opt)
         loss_fn(model, data[1]).backward()
         next(model.parameters()).grad[0, 0] = bad
@@ -276,6 +277,8 @@ def test_non_finite_first_gradient_skips_the_step(bad, backend):
             opt.second_step(zero_grad=True)
         assert_unchanged(model, opt, before)
         assert opt.skipped_steps == 1
+        if first:
+            assert all(math.isnan(f) for f in opt.group_fractions().values())
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # warned once only
             run_saner(model, opt, data[2:])
