@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from saner_kernels._source_hash import source_hash
 from saner_kernels.ops import available_backends, native, reference, resolve_backend
 
 from contract_cases import (DTYPES, EPS, LENGTHS, SWITCHES, assert_same_step, clone_all, make_bucket_tensors,
@@ -74,12 +75,12 @@ def test_stale_source_hash_is_detected(cpp, tmp_path):
     csrc = tmp_path / "csrc"
     (csrc / "cpu").mkdir(parents=True)
     (csrc / "a.cpp").write_text("int a;")
-    h1 = native._source_hash(str(csrc))
+    h1 = source_hash(str(csrc))
     (csrc / "cpu" / "b.h").write_text("int b;")
-    assert native._source_hash(str(csrc)) != h1
+    assert source_hash(str(csrc)) != h1
     repo_csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
     if os.path.isdir(repo_csrc):
-        assert native.extension().SOURCE_HASH == native._source_hash(repo_csrc)
+        assert native.extension().SOURCE_HASH == source_hash(repo_csrc)
     assert "pip install --no-build-isolation" in native.BUILD_HINT
 
 
