@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "checks.h"
 
 namespace saner_kernels {
 namespace {
@@ -48,15 +49,6 @@ const cpu::KernelTable<T>& table() {
 }
 
 // ------------------------------------------------------------------------------------ checks
-void check_flat(const at::Tensor& t, const at::Tensor& like, const char* name) {
-  TORCH_CHECK(t.dim() == 1 && t.is_contiguous(), "saner_kernels: ", name, " must be a contiguous 1-D tensor");
-  TORCH_CHECK(t.device() == like.device(), "saner_kernels: ", name, " is on ", t.device(), ", expected ",
-              like.device());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "saner_kernels: ", name, " has dtype ", t.scalar_type(),
-              ", expected ", like.scalar_type());
-  TORCH_CHECK(t.numel() == like.numel(), "saner_kernels: ", name, " has ", t.numel(), " elements, expected ",
-              like.numel());
-}
 
 void check_dtype(const at::Tensor& t) {
   const auto st = t.scalar_type();

@@ -21,6 +21,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../checks.h"
+
 namespace saner_kernels {
 namespace cuda {
 namespace {
@@ -318,15 +320,6 @@ __global__ void update_kernel(T* __restrict__ w, const T* __restrict__ g, const 
 }
 
 // ------------------------------------------------------------------------------------ host side
-void check_flat(const at::Tensor& t, const at::Tensor& like, const char* name) {
-  TORCH_CHECK(t.dim() == 1 && t.is_contiguous(), "saner_kernels: ", name, " must be a contiguous 1-D tensor");
-  TORCH_CHECK(t.device() == like.device(), "saner_kernels: ", name, " is on ", t.device(), ", expected ",
-              like.device());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "saner_kernels: ", name, " has dtype ", t.scalar_type(),
-              ", expected ", like.scalar_type());
-  TORCH_CHECK(t.numel() == like.numel(), "saner_kernels: ", name, " has ", t.numel(), " elements, expected ",
-              like.numel());
-}
 
 void check_scale(const at::Tensor& scale, const at::Tensor& like) {
   TORCH_CHECK(scale.numel() == 1 && (scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble) &&
