@@ -14,7 +14,7 @@
 #include <torch/library.h>
 
 #include "common.h"
-#include "checks.h"
+#include "front_end.h"
 
 namespace saner_kernels {
 namespace {
@@ -67,16 +67,6 @@ double read_scale_cpu(const at::Tensor& scale) {
   return scale.scalar_type() == at::kFloat ? static_cast<double>(scale.item<float>()) : scale.item<double>();
 }
 
-template <typename F>
-void dispatch_dtype(at::ScalarType st, F&& f) {
-  switch (st) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    default: TORCH_CHECK(false, "saner_kernels: unsupported dtype ", st);
-  }
-}
 
 constexpr int64_t kGrain = int64_t(1) << 15;      // elementwise ops: elements per task at least
 constexpr int64_t kNormChunk = int64_t(1) << 16;  // norm: fixed chunks, so the sum order is fixed

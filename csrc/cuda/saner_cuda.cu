@@ -21,7 +21,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../front_end.h"
 
 namespace saner_kernels {
 namespace cuda {
@@ -332,16 +332,6 @@ ScalePtr scale_ptr(const at::Tensor& scale) { return ScalePtr{scale.const_data_p
 
 bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % 16) == 0; }
 
-template <typename F>
-void dispatch_dtype(at::ScalarType st, F&& f) {
-  switch (st) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    default: TORCH_CHECK(false, "saner_kernels: unsupported dtype ", st);
-  }
-}
 
 template <typename F>
 void dispatch_bool(bool b, F&& f) {

@@ -1,6 +1,6 @@
-// Argument checks shared by the CPU (ops.cpp) and CUDA (cuda/saner_cuda.cu) front ends. Kept out of
-// common.h: that header is also compiled into the AVX2 kernel build, and an inline function emitted
-// there could be the copy the linker keeps.
+// Argument checks and dtype dispatch shared by the CPU (ops.cpp) and CUDA (cuda/saner_cuda.cu) op front
+// ends. Kept out of common.h: that header is also compiled into the AVX2 kernel build, and an inline
+// function emitted there could be the copy the linker keeps.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,6 +15,18 @@ inline void check_flat(const at::Tensor& t, const at::Tensor& like, const char* 
               ", expected ", like.scalar_type());
   TORCH_CHECK(t.numel() == like.numel(), "saner_kernels: ", name, " has ", t.numel(), " elements, expected ",
               like.numel());
+}
+
+// Calls f(T{}) with the storage type T of dtype st.
+template <typename F>
+void dispatch_dtype(at::ScalarType st, F&& f) {
+  switch (st) {
+    case at::kFloat: f(float{}); break;
+    case at::kDouble: f(double{}); break;
+    case at::kBFloat16: f(c10::BFloat16{}); break;
+    case at::kHalf: f(c10::Half{}); break;
+    default: TORCH_CHECK(false, "saner_kernels: unsupported dtype ", st);
+  }
 }
 
 }  // namespace saner_kernels
