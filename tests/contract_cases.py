@@ -110,3 +110,13 @@ def assert_same_step(actual: dict[str, Tensor], expected: dict[str, Tensor], dty
             assert torch.equal(act, exp), f"group counts differ: {act.tolist()} vs {exp.tolist()}"
         else:
             torch.testing.assert_close(act.float(), exp.float(), **tol, msg=lambda m: f"{name}: {m}")
+
+
+def assert_step_skipped(got: dict[str, Tensor], before: dict[str, Tensor]) -> None:
+    """A step run with a non-finite scale wrote nothing: every tensor as it was, no e, no group counts."""
+    for name in ("w", "g", "g_sgd", "g_sam", "buf"):
+        assert torch.equal(got[name], before[name]), f"{name} was written on a skipped step"
+    if "e" in got:
+        assert not got["e"].any(), "e was written on a skipped step"
+    if "stats" in got:
+        assert not got["stats"].any(), "a skipped step counted groups"

@@ -16,8 +16,8 @@ import torch
 from saner_kernels._source_hash import source_hash
 from saner_kernels.ops import available_backends, native, reference, resolve_backend
 
-from contract_cases import (DTYPES, EPS, LENGTHS, SWITCHES, assert_same_step, clone_all, make_bucket_tensors,
-                            run_step, scale_for, tolerances)
+from contract_cases import (DTYPES, EPS, LENGTHS, SWITCHES, assert_same_step, assert_step_skipped, clone_all,
+                            make_bucket_tensors, run_step, scale_for, tolerances)
 
 CPU = torch.device("cpu")
 ODD_LENGTHS = (1, 7, 1000, 65573)  # not multiples of 128 / of the vector width: the tails
@@ -221,10 +221,7 @@ def test_dampening(cpp):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_nonfinite_scale_writes_nothing(cpp, bad, dtype):
     t = make_bucket_tensors(65536 + 5, dtype, seed=41)
-    got = run_step(cpp, t, scale=torch.tensor(bad), **SWITCHES[-1])  # adaptive, momentum, stats
-    for name in ("w", "g_sgd", "buf", "g", "g_sam"):
-        assert torch.equal(got[name], t[name]), name
-    assert not got["stats"].any() and not got["e"].any()
+    assert_step_skipped(run_step(cpp, t, scale=torch.tensor(bad), **SWITCHES[-1]), t)  # adaptive, momentum, stats
 
 
 def test_deterministic_across_runs_and_threads(cpp):
@@ -328,10 +325,7 @@ def test_step_cuda_unaligned(cuda_ops):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nonfinite_scale_cuda(cuda_ops, bad):
     t = make_bucket_tensors(65536, device="cuda")
-    got = run_step(cuda_ops, t, scale=torch.tensor(bad, device="cuda"), **SWITCHES[-1])
-    for name in ("w", "g_sgd", "buf"):
-        assert torch.equal(got[name], t[name])
-    assert not got["stats"].any() and not got["e"].any()
+    assert_step_skipped(run_step(cuda_ops, t, scale=torch.tensor(bad, device="cuda"), **SWITCHES[-1]), t)
 
 
 @pytest.mark.gpu
