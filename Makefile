@@ -11,14 +11,14 @@ DEPS_STAMP := $(VENV)/.deps-installed
 EXT_STAMP := $(VENV)/.extension-built
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 
-.PHONY: test demo bench install clean
+.PHONY: test demo bench install lint clean
 
 $(DEPS_STAMP): Makefile
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	# A torch already on the machine (e.g. a CUDA build) is used as is; otherwise the pinned CPU build.
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PY) -c "import triton" 2>/dev/null || $(PIP) install -q triton==3.6.0
-	$(PIP) install -q setuptools wheel pybind11 ninja numpy pytest pytest-benchmark scikit-learn matplotlib
+	$(PIP) install -q setuptools wheel pybind11 ninja numpy pytest pytest-benchmark ruff scikit-learn matplotlib
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) setup.py $(NATIVE_SOURCES)
@@ -27,8 +27,15 @@ $(EXT_STAMP): $(DEPS_STAMP) setup.py $(NATIVE_SOURCES)
 
 install: $(EXT_STAMP)
 
+# Two pytest processes: everything but the Triton interpreter tests, then those alone with
+# TRITON_INTERPRET=1 set before triton is imported (tests/conftest.py selects by the variable).
 test: install
 	$(PY) -m pytest tests -q
+	TRITON_INTERPRET=1 $(PY) -m pytest tests -q -m interpreter
+
+lint: $(DEPS_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 demo: install
 	$(PY) -m saner_kernels.train --compare sgd,sam,saner --dataset digits --noise sym --noise-rate 0.4 \

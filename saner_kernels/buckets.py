@@ -1,10 +1,15 @@
 """Flat parameter buckets: one contiguous buffer per (param group, device, dtype).
 
-A bucket owns flat 1-D buffers for the weights, the gradients, the saved first gradient ``g_sgd``,
-the momentum buffer and (adaptive SAM only) the perturbation ``e``. Each parameter's ``.data`` and
-``.grad`` become views into the weight and gradient buffers, keeping the parameter's own strides
-(a channels_last conv stays channels_last), so kernels see one long aligned vector while the model
-sees its usual tensors. The buffers are padded with zeros to a multiple of ``ALIGN`` elements.
+A bucket owns flat 1-D buffers for the weights, two gradient buffers, the momentum buffer and
+(adaptive SAM only) the perturbation ``e``. Each parameter's ``.data`` and ``.grad`` become views into
+the weight buffer and the current gradient buffer, keeping the parameter's own strides (a
+channels_last conv stays channels_last), so kernels see one long aligned vector while the model sees
+its usual tensors. The buffers are padded with zeros to a multiple of ``ALIGN`` elements; padding is
+never written by anyone, so it stays zero.
+
+The two gradient buffers swap roles at ``first_step(zero_grad=True)`` (docs/design.md, "Gradient
+buffers"): the one holding g_SGD becomes ``flat_g_sgd`` and every ``p.grad`` is re-pointed at the other
+one (``flat_grad``), which is zero. That saves copying g into g_sgd.
 
 Kernels know nothing of buckets; the optimizer knows nothing of kernels: it hands ``bucket.flat_*``
 tensors to whichever backend it chose.
@@ -57,13 +62,14 @@ class FlatBucket:
             return torch.zeros(self.n, dtype=self.dtype, device=self.device)
 
         self.flat_param = zeros()
-        self.flat_grad = zeros()
-        self.flat_g_sgd = zeros()
+        self._grad_buffers = (zeros(), zeros())
+        self._current = 0  # which of the two gradient buffers the parameters' .grad views point into
+        self.spare_is_zero = True  # flat_g_sgd holds only zeros: it can become the gradient buffer as is
         self.flat_momentum: Optional[Tensor] = None
         self.flat_e: Optional[Tensor] = None
         self.strides = [_dense_strides(p) for p in params]
         self.param_views = [self._view(self.flat_param, i) for i in range(len(params))]
-        self.grad_views = [self._view(self.flat_grad, i) for i in range(len(params))]
+        self._grad_views = tuple([self._view(buffer, i) for i in range(len(params))] for buffer in self._grad_buffers)
         self.momentum_views: list[Tensor] = []
 
         with torch.no_grad():
@@ -83,6 +89,28 @@ class FlatBucket:
     def _view(self, flat: Tensor, i: int) -> Tensor:
         p = self.params[i]
         return flat.as_strided(p.shape, self.strides[i], self.offsets[i])
+
+    # ------------------------------------------------------------------ the two gradient buffers
+    @property
+    def flat_grad(self) -> Tensor:
+        """The buffer the parameters' ``.grad`` views point into."""
+        return self._grad_buffers[self._current]
+
+    @property
+    def flat_g_sgd(self) -> Tensor:
+        """The other gradient buffer: g_SGD during a step, zero (or stale) otherwise."""
+        return self._grad_buffers[1 - self._current]
+
+    @property
+    def grad_views(self) -> list[Tensor]:
+        return self._grad_views[self._current]
+
+    def swap_grad_buffers(self) -> None:
+        """``flat_grad`` becomes ``flat_g_sgd`` and every ``p.grad`` a view of the other buffer."""
+        self._current = 1 - self._current
+        with torch.no_grad():
+            for p, view in zip(self.params, self.grad_views):
+                p.grad = view
 
     # ------------------------------------------------------------------ state buffers
     def momentum(self) -> list[Tensor]:
@@ -121,6 +149,13 @@ class FlatBucket:
 
     def zero_grad(self) -> None:
         self.flat_grad.zero_()
+
+    def zero_spare(self) -> None:
+        """Zero ``flat_g_sgd`` unless it is known to be zero (a separate pass, needed only when the last
+        update did not zero it: ``second_step(zero_grad=False)`` or a copying ``first_step``)."""
+        if not self.spare_is_zero:
+            self.flat_g_sgd.zero_()
+            self.spare_is_zero = True
 
     def release(self) -> None:
         """Give every parameter (and its momentum state) its own storage again."""

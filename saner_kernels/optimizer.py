@@ -2,7 +2,7 @@
 
 The optimizer owns the param groups, the buckets and the per-parameter state; it hands flat tensors
 and scalars to a backend chosen per bucket (see ``ops/__init__.py``) and never looks inside kernels.
-Semantics: DESIGN.md section 1. Nothing in a step reads a device value on the host: the perturbation
+Semantics: docs/design.md, "Semantics". Nothing in a step reads a device value on the host: the perturbation
 scale and the non-finite skip flag stay on the device.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch.optim.optimizer import required
 
 from . import ops
 from .buckets import FlatBucket
+from .ops.hyper import UpdateHyper
 
 _NORM_EPS = 1e-12  # s = rho / (N + 1e-12)
 
@@ -44,36 +45,46 @@ def _check_hyperparameters(group: dict) -> None:
 
 
 class _NonFiniteWatch:
-    """Counts steps skipped for a non-finite gradient norm without a host sync in the step.
+    """Counts skipped steps without a host sync in the step.
 
-    On CUDA the count is copied to pinned memory after each step and read at a later step once the
-    copy's event has completed; on CPU it is read directly.
+    On CUDA the count is copied to pinned memory after each step, on the count's own device's current
+    stream, and read at a later step once that copy's event has completed; on CPU it is read directly.
+    Nothing is recorded while a CUDA graph is being captured: a replay never re-records an event, and
+    querying an event last recorded during capture is an error (CUDA error 907).
     """
 
     def __init__(self):
         self.count: Optional[Tensor] = None
         self._host: Optional[Tensor] = None
         self._event = None
+        self._recorded = False
         self._warned = False
 
     def add(self, skip: Tensor) -> None:
         if self.count is None:
             self.count = torch.zeros((), dtype=torch.int64, device=skip.device)
-        self.count += skip
-        if self.count.is_cuda:
+        self.count += skip.to(torch.int64)
+        if not self.count.is_cuda:
+            return
+        with torch.cuda.device(self.count.device):
+            if torch.cuda.is_current_stream_capturing():
+                return
             if self._host is None:
                 self._host = torch.zeros((), dtype=torch.int64, pin_memory=True)
                 self._event = torch.cuda.Event()
+            stream = torch.cuda.current_stream(self.count.device)
             self._host.copy_(self.count, non_blocking=True)
-            self._event.record()
+            self._event.record(stream)
+            self._recorded = True
 
     def poll(self) -> None:
         """Warn once if a skip has been seen; never blocks."""
         if self._warned or self.count is None:
             return
         if self.count.is_cuda:
-            if torch.cuda.is_current_stream_capturing() or not self._event.query():
-                return
+            with torch.cuda.device(self.count.device):
+                if not self._recorded or torch.cuda.is_current_stream_capturing() or not self._event.query():
+                    return
             seen = int(self._host)
         else:
             seen = int(self.count)
@@ -86,6 +97,33 @@ class _NonFiniteWatch:
 
     def total(self) -> int:
         return 0 if self.count is None else int(self.count)
+
+
+class _StepState:
+    """What first_step hands second_step: the per-bucket scales, the step's one skip flag, and whether
+    the gradient buffers were swapped."""
+
+    def __init__(self, swapped: bool):
+        self.swapped = swapped
+        self.scales: dict[tuple[int, int], Tensor] = {}  # (group index, bucket index) -> s on the bucket's device
+        self.skip: Optional[Tensor] = None  # 0-dim fp32 on the first bucket's device: nonzero = skip
+        self._skip_by_device: dict[torch.device, Tensor] = {}
+
+    def skip_on(self, device: torch.device) -> Tensor:
+        """The skip flag on ``device`` (one copy per device, made once per step)."""
+        if device not in self._skip_by_device:
+            self._skip_by_device[device] = self.skip.to(device, non_blocking=True)
+        return self._skip_by_device[device]
+
+
+def _runs(bucket: FlatBucket, flags: list) -> Iterable[tuple[bool, int, int]]:
+    """(flag, start, stop) element ranges of the bucket's consecutive parameters sharing a flag."""
+    start = 0
+    for i in range(1, len(flags) + 1):
+        if i == len(flags) or flags[i] != flags[start]:
+            lo = bucket.offsets[start]
+            yield flags[start], lo, bucket.offsets[i - 1] + bucket.numels[i - 1]
+            start = i
 
 
 class SANER(torch.optim.Optimizer):
@@ -124,11 +162,9 @@ class SANER(torch.optim.Optimizer):
         self.track_groups = track_groups
         self._buckets: list[list[tuple[FlatBucket, object]]] = []
         self._bucket_keys: list[Optional[tuple]] = []
-        self._scales: dict[tuple[int, int], Tensor] = {}  # (group index, bucket index) -> s on device
-        self._perturbed = False
+        self._step: Optional[_StepState] = None  # set by first_step, cleared by second_step
         self._nonfinite = _NonFiniteWatch()
-        self._norm_finite: Optional[Tensor] = None  # device flag of the current step
-        self._group_counts: Optional[tuple] = None  # (per-device A/B/C counts, padding, norm finite)
+        self._group_counts: Optional[tuple] = None  # (per-device A/B/C counts, the step's skip flag)
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ torch.optim plumbing
@@ -246,8 +282,13 @@ class SANER(torch.optim.Optimizer):
     # ------------------------------------------------------------------ the two steps
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
-        """Perturb the weights to ``w + e`` using the gradient at ``w`` (kept as g_sgd)."""
-        if self._perturbed:
+        """Perturb the weights to ``w + e`` using the gradient at ``w`` (kept as g_sgd).
+
+        ``zero_grad=True`` swaps each bucket's two gradient buffers instead of copying g (docs/design.md,
+        "Gradient buffers"): ``p.grad`` becomes a new, zero tensor; a reference to the old ``p.grad``
+        sees g_SGD until the second step.
+        """
+        if self._step is not None:
             raise RuntimeError("first_step() was called twice without second_step() in between. " + _STEP_API_HELP)
         self._check_grads()
         self._nonfinite.poll()
@@ -256,31 +297,38 @@ class SANER(torch.optim.Optimizer):
         for gi, bi, group, bucket, backend in self._all_buckets():
             bucket.gather_grads()
             partials.append(backend.grad_sq_norm(bucket.flat_grad, bucket.flat_param if group["adaptive"] else None))
-        self._scales = {}
-        self._norm_finite = None
+        step = _StepState(swapped=zero_grad)
         if partials:
             home = partials[0].device
             dtype = torch.float64 if any(t.dtype == torch.float64 for t in partials) else torch.float32
             total = torch.stack([t.to(device=home, dtype=dtype, non_blocking=True) for t in partials]).sum()
             norm = total.sqrt()
             finite = torch.isfinite(norm)
-            self._norm_finite = finite
-            self._nonfinite.add(~finite)
+            step.skip = (~finite).float()
+            self._nonfinite.add(step.skip)
             for gi, bi, group, bucket, backend in self._all_buckets():
-                scale = torch.where(finite, group["rho"] / (norm + _NORM_EPS), torch.full_like(norm, float("nan")))
+                scale = torch.where(finite, group["rho"] / (norm + _NORM_EPS), torch.zeros_like(norm))
                 scale = scale.to(device=bucket.device, non_blocking=True,
                                  dtype=torch.float64 if bucket.dtype == torch.float64 else torch.float32)
-                self._scales[gi, bi] = scale
-                backend.perturb_(bucket.flat_param, bucket.flat_grad, bucket.flat_g_sgd, scale,
-                                 bucket.perturbation() if group["adaptive"] else None)
-        self._perturbed = True
+                skip = step.skip_on(bucket.device)
+                step.scales[gi, bi] = scale
+                e = bucket.perturbation() if group["adaptive"] else None
+                if zero_grad:
+                    bucket.zero_spare()  # a no-op unless the last update left it dirty
+                    backend.perturb_(bucket.flat_param, bucket.flat_grad, scale, skip, e=e)
+                    bucket.swap_grad_buffers()
+                else:
+                    backend.perturb_(bucket.flat_param, bucket.flat_grad, scale, skip, e=e, g_sgd=bucket.flat_g_sgd)
+                bucket.spare_is_zero = False  # flat_g_sgd holds g_SGD now
+        self._step = step
         if zero_grad:
-            self.zero_grad()
+            self._zero_unbucketed_grads()
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore ``w``, reweight Group B of the gradient at ``w + e`` by alpha, take the SGD step."""
-        if not self._perturbed:
+        step = self._step
+        if step is None:
             raise RuntimeError("second_step() was called before first_step(). " + _STEP_API_HELP)
         self._check_grads()
         for _, _, _, bucket, _ in self._all_buckets():
@@ -293,54 +341,56 @@ class SANER(torch.optim.Optimizer):
             stats = None
             if self.track_groups:
                 stats = counts.setdefault(bucket.device, torch.zeros(3, dtype=torch.int64, device=bucket.device))
-            self._update_bucket(group, bucket, backend, self._scales[gi, bi], stats)
+            self._update_bucket(group, bucket, backend, step.scales[gi, bi], step.skip_on(bucket.device), stats,
+                                zero_grad)
+            if zero_grad:
+                bucket.spare_is_zero = True  # the update zeroed both gradient buffers
         if self.track_groups:
-            padding = sum(bucket.n_pad for bucket in self.buckets())  # counted as Group C by the kernels
-            self._group_counts = (list(counts.values()), padding, self._norm_finite)
-        self._perturbed = False
+            self._group_counts = (list(counts.values()), step.skip)
+        self._step = None
         self._opt_called = True  # what a torch LR scheduler checks: second_step() is the optimizer step
         self._nonfinite.poll()
         if zero_grad:
-            self.zero_grad()
+            self._zero_unbucketed_grads()
 
-    def _update_bucket(self, group: dict, bucket: FlatBucket, backend, scale: Tensor, stats: Optional[Tensor]) -> None:
-        has_momentum = group["momentum"] != 0
+    def _update_bucket(self, group: dict, bucket: FlatBucket, backend, scale: Tensor, skip: Tensor,
+                       stats: Optional[Tensor], zero_grads: bool) -> None:
+        hyper = UpdateHyper.from_group(group)
+        has_momentum = hyper.momentum != 0
         initialized = [self._momentum_of(p) is not None for p in bucket.params] if has_momentum else []
-        kwargs = dict(e=bucket.flat_e if group["adaptive"] else None, lr=group["lr"], momentum=group["momentum"],
-                      dampening=group["dampening"], weight_decay=group["weight_decay"], alpha=group["alpha"],
-                      eps=group["eps"], nesterov=group["nesterov"], stats=stats)
         buf = None
         if has_momentum:
             bucket.momentum()  # allocate on first use
             buf = bucket.flat_momentum
-        if not has_momentum or all(initialized) or (not any(initialized)) or group["dampening"] == 0:
+        e = bucket.flat_e if group["adaptive"] else None
+        tensors = (bucket.flat_param, bucket.flat_grad, bucket.flat_g_sgd, buf)
+        if not has_momentum or all(initialized) or not any(initialized) or hyper.dampening == 0:
             # With zero dampening a zero buffer makes "later step" equal "first step" bit for bit.
-            first = has_momentum and not any(initialized)
-            backend.update_(bucket.flat_param, bucket.flat_grad, bucket.flat_g_sgd, buf, scale,
-                            first_momentum_step=first, **kwargs)
+            backend.update_(*tensors, scale, skip, hyper, e=e, first_momentum_step=has_momentum and not any(initialized),
+                            zero_grads=zero_grads, stats=stats, n_valid=bucket.n_valid)
         else:
-            self._update_mixed_momentum(bucket, scale, initialized, kwargs)
+            # Some params take their first momentum step and others a later one, with dampening: rare (a
+            # layer unfrozen mid-training). One update per run of parameters in the same state, through the
+            # bucket's own backend; the bucket's padding is left out (it is zero and stays zero).
+            for first, lo, hi in _runs(bucket, [not i for i in initialized]):
+                piece = [t[lo:hi] if t is not None else None for t in tensors]
+                backend.update_(*piece, scale, skip, hyper, e=e[lo:hi] if e is not None else None,
+                                first_momentum_step=first, zero_grads=zero_grads, stats=stats, n_valid=hi - lo)
         if has_momentum and not all(initialized):
             # A skipped first step must leave the state as it was (no momentum buffer): read the skip
             # flag here. It is the only host sync, and only on a parameter's first momentum step.
-            if not bool(torch.isfinite(scale)):
+            if bool(skip):
                 return
             for p, view in zip(bucket.params, bucket.momentum_views):
                 self.state[p]["momentum_buffer"] = view
 
-    def _update_mixed_momentum(self, bucket: FlatBucket, scale: Tensor, initialized: list, kwargs: dict) -> None:
-        """Some params take their first momentum step while others do not, with dampening: rare
-        (a layer unfrozen mid-training), so run the reference op per parameter slice."""
-        from .ops import reference
-
-        flat = dict(w=bucket.flat_param, g=bucket.flat_grad, g_sgd=bucket.flat_g_sgd, buf=bucket.flat_momentum,
-                    e=kwargs.pop("e"))
-        for offset, numel, first in zip(bucket.offsets, bucket.numels, initialized):
-            sl = {k: (v[offset:offset + numel] if v is not None else None) for k, v in flat.items()}
-            reference.update_(sl["w"], sl["g"], sl["g_sgd"], sl["buf"], scale, e=sl["e"],
-                              first_momentum_step=not first, **kwargs)
-        if kwargs["stats"] is not None:  # padding counts as Group C, as in the kernels
-            kwargs["stats"][2] += bucket.n_pad
+    def _zero_unbucketed_grads(self) -> None:
+        """Zero-size parameters are not bucketed; zero_grad=True zeroes their grads too."""
+        bucketed = {id(p) for bucket in self.buckets() for p in bucket.params}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and id(p) not in bucketed:
+                    p.grad.zero_()
 
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
         """One full SANER step with a closure (davda54/sam style).
@@ -362,17 +412,15 @@ class SANER(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _undo_perturbation(self) -> None:
-        """Restore w after a failed closure, so an exception in it loses nothing."""
-        for gi, bi, group, bucket, _ in self._all_buckets():
-            scale = self._scales[gi, bi]
-            perturbed = torch.isfinite(scale)  # a skipped first step changed nothing
-            w = bucket.flat_param.float() if bucket.dtype in (torch.float16, torch.bfloat16) else bucket.flat_param
-            if group["adaptive"]:
-                e = bucket.flat_e.to(w.dtype)
-            else:
-                e = bucket.flat_g_sgd.to(w.dtype) * torch.where(perturbed, scale, 0.0)
-            bucket.flat_param.copy_(torch.where(perturbed, w - e, w))
-        self._perturbed = False
+        """Restore w (and g_SGD in ``p.grad``) after a failed closure, so an exception in it loses nothing."""
+        step = self._step
+        for gi, bi, group, bucket, backend in self._all_buckets():
+            backend.restore_(bucket.flat_param, step.scales[gi, bi], step.skip_on(bucket.device),
+                             g_sgd=bucket.flat_g_sgd, e=bucket.flat_e if group["adaptive"] else None)
+            if step.swapped:
+                bucket.swap_grad_buffers()  # p.grad holds g_SGD again; the other buffer has the closure's partial grads
+                bucket.spare_is_zero = False
+        self._step = None
 
     # ------------------------------------------------------------------ diagnostics
     def group_fractions(self) -> dict[str, float]:
@@ -385,12 +433,11 @@ class SANER(torch.optim.Optimizer):
             raise RuntimeError("group statistics are off: construct the optimizer with track_groups=True")
         if self._group_counts is None:
             raise RuntimeError("no second_step() has run yet, so there are no group statistics")
-        per_device, padding, finite = self._group_counts
+        per_device, skip = self._group_counts
         nan = {"A": float("nan"), "B": float("nan"), "C": float("nan")}
-        if finite is None or not bool(finite):  # no parameters, or the step was skipped
+        if skip is None or bool(skip):  # no parameters, or the step was skipped
             return nan
         counts = sum(c.cpu() for c in per_device)
-        counts[2] -= padding
         total = int(counts.sum())
         return {name: int(c) / total for name, c in zip("ABC", counts)} if total else nan
 

@@ -1,28 +1,42 @@
-"""Pure-PyTorch implementation of the three kernel-contract ops: the ground truth.
+"""Pure-PyTorch implementation of the kernel contract (v2): the ground truth.
 
 Every other backend (Triton, C++ CPU, CUDA C++) is tested against these functions on the same
-inputs. They take flat, contiguous 1-D tensors of equal length (a bucket, padded to a multiple of
-128 with zeros) and compute in fp32 whatever the storage dtype, exactly as DESIGN.md section 1 says.
+inputs. They take flat, contiguous 1-D tensors of equal length (a bucket, zero-padded to a multiple of
+128) and compute in fp32 whatever the storage dtype (fp64 stays fp64). docs/design.md, section
+"Kernel contract", is the prose version of this file.
 
-The contract, shared by every backend (same names, same signatures):
+Common arguments:
+
+- ``scale``: the perturbation scale ``s = rho / (N + 1e-12)``, a 0-dim fp32 tensor on the bucket's
+  device (fp64 for fp64 buckets); always finite.
+- ``skip``: a 0-dim fp32 tensor on the bucket's device, like ``found_inf`` in ``torch._fused_sgd_``:
+  nonzero means "skip this step": no weight, perturbation, momentum or group count is written. (The
+  zeroing of gradient buffers that ``update_`` is asked for still happens: the user asked for it.)
+
+The ops:
 
 ``grad_sq_norm(g, w=None) -> Tensor``
-    0-dim fp32 (or fp64) tensor: sum of ``(|w| * g)**2`` (adaptive, ``w`` given) or ``g**2``,
-    deterministic. The optimizer adds the buckets' sums in fp64 when any of them is fp64.
-``perturb_(w, g, g_sgd, scale, e=None) -> None``
-    ``g_sgd <- g``; ``e = (w*w if e is given else 1) * g * scale``; ``w <- w + e`` (``e`` stored when
-    given, i.e. adaptive). ``scale`` is a 0-dim fp32 tensor on the bucket's device (fp64 for fp64 buckets); a non-finite
-    ``scale`` means "skip this step": nothing is written at all.
-``update_(w, g, g_sgd, buf, scale, *, e, lr, momentum, dampening, weight_decay, alpha, eps,
-          nesterov, first_momentum_step, stats) -> None``
-    restore ``w <- w - e`` (``e = g_sgd * scale`` recomputed, or the stored ``e`` when adaptive),
-    reweight Group B by ``alpha``, add weight decay, SGD momentum (``buf`` is None when
-    ``momentum == 0``), ``w <- w - lr * d``. A non-finite ``scale`` skips: nothing is written.
-    ``stats``, when given, is an int64 tensor of 3 counters that gets ``+= (#A, #B, #C)`` over the
-    whole (padded) length; padding lands in C and the caller subtracts it. ``alpha == 1`` may skip
-    the mask computation (counts are still made when ``stats`` is given).
+    0-dim fp32 or fp64 tensor (the reference always sums in fp64; the kernels in fp32 for 16- and 32-bit
+    storage): sum of ``(|w| * g)**2`` (adaptive) or ``g**2``, deterministic. The optimizer adds the
+    buckets' sums in fp64 when any of them is fp64.
+``perturb_(w, g, scale, skip, *, e=None, g_sgd=None) -> None``
+    ``e = (w*w if e is given else 1) * g * scale``; ``w <- w + e``; ``e`` stored when given
+    (adaptive); ``g_sgd <- g`` (a bit copy) when given: the optimizer passes it only for
+    ``first_step(zero_grad=False)``; with ``zero_grad=True`` the bucket swaps its two gradient buffers
+    instead, so the buffer holding ``g`` simply becomes ``g_sgd``.
+``update_(w, g, g_sgd, buf, scale, skip, hyper, *, e=None, first_momentum_step=False, zero_grads=False,
+          stats=None, n_valid=None) -> None``
+    restore ``w <- w - e`` (``e = g_sgd * scale`` recomputed, the very product perturb_ added, or the
+    stored ``e`` when adaptive), reweight Group B by ``hyper.alpha``, add weight decay, SGD momentum
+    (``buf`` is None when ``hyper.momentum == 0``), ``w <- w - lr * d``. ``zero_grads``: write zeros to
+    ``g`` and ``g_sgd`` after reading them (skipped or not). ``stats``, when given, is an int64 tensor
+    of 3 counters that gets ``+= (#A, #B, #C)`` over the first ``n_valid`` elements (default: all).
+    ``hyper.alpha == 1`` may skip the mask computation (counts are still made when ``stats`` is given).
+``restore_(w, scale, skip, *, g_sgd=None, e=None) -> None``
+    ``w <- w - e`` exactly as ``update_`` restores it (``e`` stored, else ``g_sgd * scale``): undoes a
+    perturbation whose second step will not run (a closure that raised).
 
-Group B mask, division-free (DESIGN.md allows it where it equals the division on finite inputs):
+Group B mask, division-free (equal to the division on finite inputs, docs/design.md "Numerics"):
 ``den = g_sgd + eps``; B = ``sign(g) == sign(den) != 0 and |g| < |den|`` which is ``0 < g/den < 1``
 under IEEE division; A = same sign and ``|g| >= |den|`` (``g/den >= 1``); C = the rest (``g/den <= 0``,
 plus the degenerate ``den == 0``).
@@ -33,6 +47,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from .hyper import UpdateHyper
 
 NAME = "reference"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -65,21 +81,26 @@ def group_masks(g32: Tensor, g_sgd32: Tensor, eps: float) -> tuple[Tensor, Tenso
     return same_sign & ~smaller, same_sign & smaller
 
 
-def _skip(scale: Tensor) -> Tensor:
-    return ~torch.isfinite(scale)
+def _keep(skip: Tensor) -> Tensor:
+    return skip == 0
 
 
-def perturb_(w: Tensor, g: Tensor, g_sgd: Tensor, scale: Tensor, e: Optional[Tensor] = None) -> None:
-    skip = _skip(scale)
-    s = torch.where(skip, torch.zeros_like(scale), scale)
+def perturb_(w: Tensor, g: Tensor, scale: Tensor, skip: Tensor, *, e: Optional[Tensor] = None,
+             g_sgd: Optional[Tensor] = None) -> None:
+    keep = _keep(skip)
     g32 = _f32(g)
     w32 = _f32(w)
-    e32 = (w32 * w32 * g32 * s) if e is not None else g32 * s
+    e32 = (w32 * w32 * g32 * scale) if e is not None else g32 * scale
     # torch.where keeps the no-host-sync rule: a skipped step writes back the old values.
-    g_sgd.copy_(torch.where(skip, g_sgd, g))
+    if g_sgd is not None:
+        g_sgd.copy_(torch.where(keep, g, g_sgd))
     if e is not None:
-        e.copy_(torch.where(skip, _f32(e), e32))
-    w.copy_(torch.where(skip, w32, w32 + e32))
+        e.copy_(torch.where(keep, e32, _f32(e)))
+    w.copy_(torch.where(keep, w32 + e32, w32))
+
+
+def _perturbation(scale: Tensor, g_sgd: Optional[Tensor], e: Optional[Tensor]) -> Tensor:
+    return _f32(e) if e is not None else _f32(g_sgd) * scale
 
 
 def update_(
@@ -88,44 +109,49 @@ def update_(
     g_sgd: Tensor,
     buf: Optional[Tensor],
     scale: Tensor,
+    skip: Tensor,
+    hyper: UpdateHyper,
     *,
     e: Optional[Tensor] = None,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    alpha: float,
-    eps: float,
-    nesterov: bool,
-    first_momentum_step: bool,
+    first_momentum_step: bool = False,
+    zero_grads: bool = False,
     stats: Optional[Tensor] = None,
+    n_valid: Optional[int] = None,
 ) -> None:
-    skip = _skip(scale)
-    s = torch.where(skip, torch.zeros_like(scale), scale)
+    keep = _keep(skip)
     g32 = _f32(g)
     g_sgd32 = _f32(g_sgd)
-    e32 = _f32(e) if e is not None else g_sgd32 * s
-    w32 = _f32(w) - e32
+    w32 = _f32(w) - _perturbation(scale, g_sgd, e)
 
     d = g32
-    if alpha != 1.0 or stats is not None:
-        mask_a, mask_b = group_masks(g32, g_sgd32, eps)
-        if alpha != 1.0:
-            d = torch.where(mask_b, g32 * alpha, g32)
+    if hyper.alpha != 1.0 or stats is not None:
+        mask_a, mask_b = group_masks(g32, g_sgd32, hyper.eps)
+        if hyper.alpha != 1.0:
+            d = torch.where(mask_b, g32 * hyper.alpha, g32)
         if stats is not None:
-            n_a = mask_a.sum()
-            n_b = mask_b.sum()
-            counts = torch.stack([n_a, n_b, g32.numel() - n_a - n_b])
-            stats.add_(torch.where(skip, torch.zeros_like(counts), counts))
+            valid = g32.numel() if n_valid is None else n_valid
+            n_a = mask_a[:valid].sum()
+            n_b = mask_b[:valid].sum()
+            counts = torch.stack([n_a, n_b, valid - n_a - n_b])
+            stats.add_(torch.where(keep, counts, torch.zeros_like(counts)))
     # Weight decay, momentum and the step use torch.optim.SGD's own ops (torch.add with alpha), so
     # that alpha = 1, rho = 0 reproduces SGD bit for bit.
-    if weight_decay != 0.0:
-        d = d.add(w32, alpha=weight_decay)
+    if hyper.weight_decay != 0.0:
+        d = d.add(w32, alpha=hyper.weight_decay)
     if buf is not None:
         if first_momentum_step:
             new_buf = d
         else:
-            new_buf = _f32(buf).mul(momentum).add_(d, alpha=1.0 - dampening)
-        d = d.add(new_buf, alpha=momentum) if nesterov else new_buf
-        buf.copy_(torch.where(skip, _f32(buf), new_buf))
-    w.copy_(torch.where(skip, _f32(w), w32.add(d, alpha=-lr)))
+            new_buf = _f32(buf).mul(hyper.momentum).add_(d, alpha=1.0 - hyper.dampening)
+        d = d.add(new_buf, alpha=hyper.momentum) if hyper.nesterov else new_buf
+        buf.copy_(torch.where(keep, new_buf, _f32(buf)))
+    w.copy_(torch.where(keep, w32.add(d, alpha=-hyper.lr), _f32(w)))
+    if zero_grads:
+        g.zero_()
+        g_sgd.zero_()
+
+
+def restore_(w: Tensor, scale: Tensor, skip: Tensor, *, g_sgd: Optional[Tensor] = None,
+             e: Optional[Tensor] = None) -> None:
+    w32 = _f32(w)
+    w.copy_(torch.where(_keep(skip), w32 - _perturbation(scale, g_sgd, e), w32))

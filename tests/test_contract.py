@@ -1,0 +1,243 @@
+"""Every kernel backend against ``reference``: one test matrix over (backend, device, dtype).
+
+Parameters:
+- ``cpp-cpu``: the C++ CPU op (csrc/), built before pytest runs: a missing build is a failure here.
+- ``cuda-cuda`` and ``triton-cuda``: marked ``gpu``, skipped without CUDA.
+- ``triton-interpreter``: Triton's interpreter on CPU tensors, marked ``interpreter``: it runs only in the
+  pytest process that ``make test`` starts with ``TRITON_INTERPRET=1`` (set before anything imports
+  triton; tests/conftest.py deselects these items in every other process, and everything else in that one).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saner_kernels.ops import reference, resolve_backend
+from saner_kernels.ops.hyper import UpdateHyper
+
+from contract_cases import (DTYPES, EPS, LENGTHS, SWITCHES, assert_same_step, assert_step_skipped, clone_all,
+                            make_bucket_tensors, no_skip, run_step, scale_for, tolerances)
+
+BACKENDS = [
+    pytest.param(("cpp", "cpu"), id="cpp-cpu"),
+    pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=pytest.mark.gpu),
+    pytest.param(("triton", "cuda"), id="triton-cuda", marks=pytest.mark.gpu),
+    pytest.param(("triton", "cpu"), id="triton-interpreter", marks=pytest.mark.interpreter),
+]
+SMALL = [n for n in LENGTHS if n <= 1024]
+LARGE = [n for n in LENGTHS if n > 1024]
+# A representative subset for the long buckets: plain SAM, SANER with tracking, everything on.
+LARGE_SWITCHES = [sw for sw in SWITCHES if sw == dict(sw, adaptive=False, nesterov=False, first_momentum_step=False)
+                  and sw["alpha"] == 1.0 and not sw["track_groups"]]
+LARGE_SWITCHES += [
+    dict(adaptive=False, nesterov=False, first_momentum_step=False, alpha=0.5, track_groups=True, swap=True),
+    dict(adaptive=True, nesterov=True, first_momentum_step=True, alpha=0.5, track_groups=True, swap=False),
+]
+
+
+def _id(sw: dict) -> str:
+    return "-".join(k for k, v in sw.items() if v is True) + f"-a{sw['alpha']}"
+
+
+class Backend:
+    """One (backend, device) under test: its ops module, its device, and whether it interprets."""
+
+    def __init__(self, name: str, device: str):
+        self.name, self.device = name, torch.device(device)
+        self.ops = resolve_backend(name, self.device, torch.float32)
+        self.interpreter = name == "triton" and device == "cpu"
+        self.dtypes = tuple(d for d in DTYPES + (torch.float64,) if d in self.ops.DTYPES)
+
+    def tensors(self, n: int, dtype: torch.dtype, **kwargs) -> dict:
+        if dtype not in self.ops.DTYPES:
+            pytest.skip(f"{self.name} does not take {dtype}")
+        return make_bucket_tensors(n, dtype, device=self.device, **kwargs)
+
+    def check(self, n: int, dtype: torch.dtype, switches: dict, **kwargs) -> dict:
+        t = self.tensors(n, dtype, **kwargs)
+        got = run_step(self.ops, t, **switches)
+        assert_same_step(got, run_step(reference, t, **switches), dtype, self.interpreter)
+        return got
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> Backend:
+    return Backend(*request.param)
+
+
+ALL_DTYPES = DTYPES + (torch.float64,)
+
+
+# --------------------------------------------------------------------------- norm
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_grad_sq_norm(backend, n, dtype, adaptive):
+    t = backend.tensors(n, dtype, seed=n)
+    w = t["w"] if adaptive else None
+    got = backend.ops.grad_sq_norm(t["g"], w)
+    assert got.dim() == 0 and got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got.double().cpu(), reference.grad_sq_norm(t["g"], w).double().cpu(), rtol=rtol,
+                               atol=0.0)
+    assert torch.equal(got, backend.ops.grad_sq_norm(t["g"], w)), "two runs differ"
+
+
+# --------------------------------------------------------------------------- whole step vs reference
+@pytest.mark.parametrize("switches", SWITCHES, ids=_id)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("n", SMALL)
+def test_step_every_switch(backend, n, dtype, switches):
+    backend.check(n, dtype, switches, seed=7, pad=n // 8)
+
+
+@pytest.mark.parametrize("switches", LARGE_SWITCHES, ids=_id)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("n", LARGE)
+def test_step_long_buckets(backend, n, dtype, switches):
+    backend.check(n, dtype, switches, seed=3, pad=n // 8)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_step_unaligned_views(backend, dtype):
+    """Views that start one element into a buffer (off any vector boundary) give the same results."""
+    t = {k: v[1:] for k, v in backend.tensors(4097, dtype, seed=9).items()}
+    for sw in SWITCHES[::7]:
+        got = run_step(backend.ops, t, **sw)
+        assert_same_step(got, run_step(reference, t, **sw), dtype, backend.interpreter)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_step_runtime_scalars(backend, dtype):
+    """Dampening, no weight decay, other lr/eps/momentum: runtime arguments, not just run_step's defaults."""
+    kw = dict(adaptive=False, nesterov=False, first_momentum_step=False, alpha=0.25, track_groups=True,
+              lr=0.03, momentum=0.8, dampening=0.3, weight_decay=0.0, eps=1e-3)
+    backend.check(1024, dtype, kw, seed=11)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_update_without_momentum(backend, dtype, adaptive):
+    """momentum == 0: ``buf`` is None (no buffer read or written)."""
+    sw = dict(adaptive=adaptive, nesterov=False, first_momentum_step=False, alpha=0.5, track_groups=True)
+    got = backend.check(1024, dtype, sw, momentum=0.0, seed=5)
+    assert torch.equal(got["buf"], backend.tensors(1024, dtype, seed=5)["buf"])
+
+
+def test_fp64_scale_rounds_like_torch(backend):
+    """fp64 buckets get an fp64 scale; the kernels use it at full precision."""
+    if torch.float64 not in backend.ops.DTYPES:
+        pytest.skip(f"{backend.name} takes no fp64")
+    t = backend.tensors(4096 + 3, torch.float64, seed=53)
+    for sw in SWITCHES[::9]:
+        s = scale_for(t, adaptive=sw["adaptive"]) * (1 + 1e-12)
+        assert_same_step(run_step(backend.ops, t, scale=s, **sw), run_step(reference, t, scale=s, **sw),
+                         torch.float64)
+
+
+# --------------------------------------------------------------------------- group counts
+def test_group_counts_cover_valid_elements_only(backend):
+    n, pad = 4096, 512
+    t = backend.tensors(n, torch.float32, seed=23, pad=pad)
+    sw = dict(SWITCHES[-1])
+    got = run_step(backend.ops, t, n_valid=n - pad, **sw)
+    exp = run_step(reference, t, n_valid=n - pad, **sw)
+    assert torch.equal(got["stats"].cpu(), exp["stats"].cpu())
+    a, b, c = got["stats"].tolist()
+    assert a > 0 and b > 0 and c > 0 and a + b + c == n - pad
+
+
+def test_stats_accumulate(backend):
+    t = backend.tensors(1024, torch.float32, seed=29)
+    results = []
+    for ops in (backend.ops, reference):
+        x = clone_all(t)
+        stats = torch.tensor([5, 6, 7], dtype=torch.int64, device=backend.device)
+        ops.update_(x["w"], x["g_sam"], x["g"], x["buf"], scale_for(t), no_skip(backend.device),
+                    UpdateHyper(lr=0.1, momentum=0.9, alpha=1.0, eps=EPS), stats=stats)
+        results.append(stats.cpu())
+    assert torch.equal(results[0], results[1]) and results[0].sum().item() == 18 + 1024
+
+
+# --------------------------------------------------------------------------- skip, restore, edge cases
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_skip_writes_nothing(backend, dtype, swap):
+    t = backend.tensors(65536 + 5, dtype, seed=41)
+    skip = torch.ones((), device=backend.device)
+    for sw in (SWITCHES[-1], SWITCHES[4]):
+        got = run_step(backend.ops, t, skip=skip, **dict(sw, swap=swap))
+        assert_step_skipped(got, t, swap)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_restore_undoes_perturb(backend, dtype, adaptive):
+    """perturb_ then restore_ gives w + e - e, exactly what the update starts from (reference's rounding)."""
+    t = backend.tensors(1003, dtype, seed=61)
+    scale = scale_for(t, adaptive=adaptive)
+    results = []
+    for ops in (backend.ops, reference):
+        x = clone_all(t)
+        e = torch.zeros_like(x["w"]) if adaptive else None
+        ops.perturb_(x["w"], x["g"], scale, no_skip(backend.device), e=e)
+        ops.restore_(x["w"], scale, no_skip(backend.device), g_sgd=x["g"], e=e)
+        results.append(x["w"].cpu())
+        untouched = clone_all(x)
+        ops.restore_(x["w"], scale, torch.ones((), device=backend.device), g_sgd=x["g"], e=e)
+        assert torch.equal(x["w"], untouched["w"]), "restore_ wrote on a skipped step"
+    torch.testing.assert_close(results[0].float(), results[1].float(), **tolerances(dtype, backend.interpreter))
+
+
+def test_empty_bucket_is_a_no_op(backend):
+    x = torch.zeros(0, device=backend.device)
+    s, skip = torch.tensor(0.1, device=backend.device), no_skip(backend.device)
+    assert backend.ops.grad_sq_norm(x).item() == 0.0
+    backend.ops.perturb_(x, x, s, skip, e=x.clone(), g_sgd=x.clone())
+    backend.ops.update_(x, x.clone(), x.clone(), x.clone(), s, skip, UpdateHyper(lr=0.1, momentum=0.9),
+                        stats=torch.zeros(3, dtype=torch.int64, device=backend.device), zero_grads=True)
+    backend.ops.restore_(x, s, skip, g_sgd=x.clone())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_zero_weight_decay_keeps_inf_and_negative_zero(backend, dtype):
+    """weight_decay == 0 adds no ``0 * w`` term: an infinite weight stays infinite, -0 stays -0."""
+    t = backend.tensors(1024, dtype, seed=67)
+    t["w"][:4] = torch.tensor([float("inf"), float("-inf"), -0.0, -0.0])
+    t["g"][:4] = 0.0
+    t["g_sam"][:4] = torch.tensor([0.0, 0.0, -0.0, 0.0])
+    sw = dict(adaptive=False, nesterov=False, first_momentum_step=True, alpha=0.5, track_groups=False)
+    got = run_step(backend.ops, t, weight_decay=0.0, **sw)
+    exp = run_step(reference, t, weight_decay=0.0, **sw)
+    assert torch.equal(got["w"][:4].cpu(), exp["w"][:4].cpu())
+    assert torch.equal(torch.signbit(got["w"][:4]).cpu(), torch.signbit(exp["w"][:4]).cpu())
+
+
+def test_deterministic(backend):
+    t = backend.tensors(65573, torch.float32, seed=12)
+    runs = [run_step(backend.ops, t, **SWITCHES[-1]) for _ in range(2)]
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), f"{name} differs between two runs"
+
+
+def test_arguments_are_checked(backend):
+    """Wrong dtype, length, scale or skip: a clear error naming the argument, before anything is written."""
+    t = backend.tensors(256, torch.float32)
+    s, skip, dev = scale_for(t), no_skip(backend.device), backend.device
+    before = clone_all(t)
+    bad_calls = {
+        "dtype": lambda: backend.ops.perturb_(t["w"], t["g"].half(), s, skip),
+        "elements": lambda: backend.ops.perturb_(t["w"], t["g"][:128], s, skip),
+        "scale": lambda: backend.ops.perturb_(t["w"], t["g"], s.half(), skip),
+        "scale ": lambda: backend.ops.perturb_(t["w"], t["g"], torch.full((2,), 0.1, device=dev), skip),
+        "skip": lambda: backend.ops.perturb_(t["w"], t["g"], s, torch.zeros(2, device=dev)),
+        "stats": lambda: backend.ops.update_(t["w"], t["g_sam"], t["g_sgd"], t["buf"], s, skip,
+                                             UpdateHyper(lr=0.1, momentum=0.9), stats=torch.zeros(3, device=dev)),
+    }
+    if backend.device.type != "cpu":
+        bad_calls["scale  "] = lambda: backend.ops.perturb_(t["w"], t["g"], s.cpu(), skip)
+    for what, call in bad_calls.items():
+        with pytest.raises((RuntimeError, ValueError, TypeError), match=what.strip()):
+            call()
+    for name in before:
+        assert torch.equal(t[name], before[name]), f"{name} changed by a rejected call"
