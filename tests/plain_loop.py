@@ -1,4 +1,4 @@
-"""Oracles written straight from DESIGN.md section 1, one parameter at a time, no buckets, no kernels.
+"""Oracles written straight from docs/design.md, "Semantics", one parameter at a time, no buckets, no kernels.
 
 ``PlainLoopSANER`` is the per-parameter SANER the whole package is checked against (its Group B mask
 uses the division ``r = g / (g_sgd + eps)`` exactly as written); ``davda54_sam_step`` is the classic

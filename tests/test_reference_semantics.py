@@ -1,4 +1,4 @@
-"""The reference backend, driven by the optimizer, against oracles written from DESIGN.md section 1."""
+"""The reference backend, driven by the optimizer, against oracles written from docs/design.md, "Semantics"."""
 import pytest
 import torch
 
