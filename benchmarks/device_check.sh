@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# One-shot GPU check for an H200 machine (torch 2.11 + CUDA 13, Triton 3.6, no network, 16 cores):
-# build and install the package, run the GPU-marked tests, run the benchmark table for WRN-28-10 and
-# the large bucket, write everything into OUTDIR, print a short summary last. Every stage has its own
-# `timeout` and the whole script stays inside a total budget (TOTAL_S, default 450 s < 8 minutes).
+# One-shot GPU check for an H200 machine (torch 2.11 + CUDA 13, Triton 3.6, no network, 16 cores): print the
+# toolchain, build and install the package, run the GPU-marked tests in parallel, run the benchmark table for
+# WRN-28-10 and the large bucket, run every kernel op of both CUDA backends under compute-sanitizer's memcheck,
+# write everything into OUTDIR and print a short summary last.
 #
 #   bash benchmarks/device_check.sh [OUTDIR]              # on the GPU machine (OUTDIR: bench-results/)
 #   DRY_RUN=1 bash benchmarks/device_check.sh [OUTDIR]     # anywhere, no GPU: the same logic on the CPU
 #   bash benchmarks/device_check.sh --dry-run [OUTDIR]     # the same
 #
-# Dry mode skips the install (it prints the command), runs the GPU-marked tests (they skip without a
-# GPU) and runs the table with --device cpu --quick on a small model, so the script's logic is tested
-# without a GPU (benchmarks/test_bench_device_check.py does that).
+# Stages, each under `timeout` with its own limit (printed as it starts), inside a total budget TOTAL_S
+# (default 465 s, so the script ends before 8 minutes even when every stage runs to its limit):
+#   env 20 s, install 150 s, backends 20 s, tests 80 s, bench 100 s, sanitize 80 s.
+# Dry mode prints the install command instead of running it, runs the GPU-marked tests (they skip without a
+# GPU), the table with --device cpu --quick on a small model, and the sanitizer script's logic with the
+# reference and C++ CPU backends and without compute-sanitizer (benchmarks/test_bench_device_check.py).
 #
 # Environment: PYTHON (default python3), TESTS (test folder, default tests), TOTAL_S (total budget, s),
-# MODELS (default "wrn-28-10 bucket"), BENCH_ARGS (extra arguments for python -m benchmarks.run).
-# At most 7 files land in OUTDIR: device_check.log, summary.txt, table.md, results.csv, results.json,
-# train.csv, results.png. Exit status: 0 when no stage failed.
+# MODELS (default "wrn-28-10 bucket"), BENCH_ARGS (extra arguments for python -m benchmarks.run), CUDA_HOME
+# (default /usr/local/cuda when it exists). At most 7 files land in OUTDIR: device_check.log, summary.txt,
+# table.md, results.csv, results.json, train.csv, results.png. Exit status: 0 when no stage failed.
 set -u
 
 DRY=${DRY_RUN:-0}
@@ -23,13 +26,16 @@ if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 OUTDIR=${1:-bench-results}
 PYTHON=${PYTHON:-python3}
 TESTS=${TESTS:-tests}
-TOTAL_S=${TOTAL_S:-450}
+TOTAL_S=${TOTAL_S:-465}
 MODELS=${MODELS:-"wrn-28-10 bucket"}
 BENCH_ARGS=${BENCH_ARGS:-}
+RESERVE_S=15 # kept for the summary
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
+if [ -n "${CUDA_HOME:-}" ]; then export PATH="$PATH:$CUDA_HOME/bin"; fi
 
 mkdir -p "$OUTDIR" || exit 2
-OUTDIR=$(cd "$OUTDIR" && pwd)  # relative to the caller's folder, then work from the repository root
+OUTDIR=$(cd "$OUTDIR" && pwd) # relative to the caller's folder, then work from the repository root
 cd "$(dirname "$0")/.." || exit 2
 LOG="$OUTDIR/device_check.log"
 SUMMARY="$OUTDIR/summary.txt"
@@ -41,11 +47,12 @@ FAILED=0
 say() { echo "$*" | tee -a "$LOG"; }
 note() { echo "$*" >>"$SUMMARY"; }
 
-# stage NAME CAP_SECONDS COMMAND: run COMMAND under timeout (the cap, or what is left of TOTAL_S
-# less a 15 s reserve for the summary), log its output, show its tail, record its status.
+# stage NAME CAP_SECONDS COMMAND: run COMMAND under timeout (the cap, or what is left of TOTAL_S less the
+# reserve), log its output, show its tail, record its status.
 stage() {
   local name=$1 cap=$2 cmd=$3
-  local left=$((TOTAL_S - ($(date +%s) - START) - 15))
+  local shown=${cmd%%$'\n'*} # the first line of a multi-line command
+  local left=$((TOTAL_S - ($(date +%s) - START) - RESERVE_S))
   local limit=$((cap < left ? cap : left))
   if [ "$limit" -lt 5 ]; then
     say "== $name: not run, the total budget of ${TOTAL_S}s is spent"
@@ -53,24 +60,33 @@ stage() {
     FAILED=1
     return
   fi
-  say "== $name (limit ${limit}s): $cmd"
+  say "== $name (limit ${limit}s): $shown"
   local t0 rc
   t0=$(date +%s)
   timeout -k 10 "$limit" bash -c "$cmd" >"$OUTDIR/.stage.log" 2>&1
   rc=$?
   local secs=$(($(date +%s) - t0))
   cat "$OUTDIR/.stage.log" >>"$LOG"
-  tail -n 15 "$OUTDIR/.stage.log" | grep -v '^USDT' | sed 's/^/   | /'
+  grep -v '^USDT' "$OUTDIR/.stage.log" | tail -n 15 | sed 's/^/   | /'
   rm -f "$OUTDIR/.stage.log"
   local status=ok
   case "$name:$rc" in
     *:0) status=ok ;;
-    tests:5) status=ok; rc="5 (no tests selected)" ;;
-    *:124|*:137) status=TIMEOUT; FAILED=1 ;;
-    *) status=FAILED; FAILED=1 ;;
+    tests:5)
+      status=ok
+      rc="5 (no tests selected)"
+      ;;
+    *:124 | *:137)
+      status=TIMEOUT
+      FAILED=1
+      ;;
+    *)
+      status=FAILED
+      FAILED=1
+      ;;
   esac
-  say "== $name: $status (rc $rc, ${secs}s)"
-  note "$(printf '%-10s %-8s rc=%-4s %4ss  %s' "$name" "$status" "${rc%% *}" "$secs" "${cmd:0:110}")"
+  say "== $name: $status (rc $rc, ${secs}s of ${limit}s)"
+  note "$(printf '%-10s %-8s rc=%-4s %4ss/%-4s %s' "$name" "$status" "${rc%% *}" "$secs" "${limit}s" "${shown:0:100}")"
 }
 
 skip() {
@@ -78,34 +94,53 @@ skip() {
   note "$(printf '%-10s %-8s %s' "$1" "SKIPPED" "$2")"
 }
 
-if [ "$DRY" = "1" ]; then
-  say "# device_check.sh DRY RUN (CPU, no install), $(date -Iseconds), output in $OUTDIR"
-else
-  say "# device_check.sh on $(uname -n), $(date -Iseconds), output in $OUTDIR"
-fi
+MODE="on $(uname -n)"
+[ "$DRY" = "1" ] && MODE="DRY RUN (CPU, no install)"
+say "# device_check.sh $MODE, $(date -Iseconds), output in $OUTDIR"
+say "# stage limits (s): env 20, install 150, backends 20, tests 80, bench 100, sanitize 80; total budget ${TOTAL_S}"
 
-# 1. environment
-if [ "$DRY" = "1" ]; then
-  stage env 30 "$PYTHON -c 'import torch, platform; print(\"torch\", torch.__version__, \"python\", platform.python_version(), \"cuda available\", torch.cuda.is_available())'; nproc"
-else
-  stage env 30 "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv; nvcc --version | tail -n 2; $PYTHON -c 'import torch, triton; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__, torch.cuda.get_device_name())'; nproc"
-fi
+# 1. environment, first: what the rest runs with
+ENV_PY="import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())
+try:
+    import triton; print('triton', triton.__version__)
+except Exception as exc: print('triton: not importable:', exc)
+if torch.cuda.is_available(): print('gpu', torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+for plugin in ('xdist', 'pytest_timeout'):
+    try:
+        __import__(plugin); print(plugin, 'yes')
+    except ImportError: print(plugin, 'missing')"
+ENV_CMD="echo CUDA_HOME=\${CUDA_HOME:-unset}; (nvcc --version | tail -n 2) || echo 'nvcc: not found'; \
+echo compute-sanitizer: \$(command -v compute-sanitizer || echo 'not found'); \
+(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>/dev/null \
+|| echo 'nvidia-smi: not available'); $PYTHON -c \"$ENV_PY\"; echo cores \$(nproc)"
+stage env 20 "$ENV_CMD"
 
-# 2. build and install (no network there: no build isolation, no dependencies, no index)
-INSTALL="TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=\$(nproc) $PYTHON -m pip install --no-build-isolation --no-deps --no-index -v -e ."
+# 2. build and install (no network there: no build isolation, no dependencies, no index); CUDA is required
+INSTALL="SANER_KERNELS_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=\$(nproc) $PYTHON -m pip install --no-build-isolation --no-deps --no-index -v -e ."
 if [ "$DRY" = "1" ]; then
   skip install "dry run; on the GPU machine: $INSTALL"
 else
-  stage install 200 "$INSTALL"
+  stage install 150 "$INSTALL"
 fi
 
-# 3. which backends can run
+# 3. which backends can run; on the GPU both CUDA backends must
 DEV=cuda
-[ "$DRY" = "1" ] && DEV=cpu
-stage backends 60 "$PYTHON -c 'import saner_kernels as sk; [print(f\"{k:10s} {v!r}\") for k, v in sk.available_backends(\"$DEV\").items()]'"
+NEEDED="triton cuda"
+if [ "$DRY" = "1" ]; then
+  DEV=cpu
+  NEEDED="reference"
+fi
+BACKENDS_PY="import sys, saner_kernels as sk
+status = sk.available_backends('$DEV')
+for k, v in status.items(): print(f'{k:10s} {v!r}')
+sys.exit(0 if all(status[b] for b in '$NEEDED'.split()) else 1)"
+stage backends 20 "$PYTHON -c \"$BACKENDS_PY\""
 
-# 4. the GPU-marked tests (on the CPU they skip)
-stage tests 100 "$PYTHON -m pytest -m gpu -q -p no:cacheprovider -rs $TESTS"
+# 4. the GPU-marked tests, 4 processes and a per-test timeout when the plugins are there (on the CPU they skip)
+PYTEST="$PYTHON -m pytest -m gpu -q -p no:cacheprovider -rs"
+if $PYTHON -c "import xdist" 2>/dev/null; then PYTEST="$PYTEST -n 4"; else say "# pytest-xdist missing: tests run in one process"; fi
+if $PYTHON -c "import pytest_timeout" 2>/dev/null; then PYTEST="$PYTEST --timeout 60"; else say "# pytest-timeout missing: no per-test timeout"; fi
+stage tests 80 "$PYTEST $TESTS"
 
 # 5. the benchmark table
 if [ "$DRY" = "1" ]; then
@@ -113,7 +148,19 @@ if [ "$DRY" = "1" ]; then
 else
   BENCH="$PYTHON -m benchmarks.run --device cuda --models $MODELS --out $OUTDIR $BENCH_ARGS"
 fi
-stage bench 160 "$BENCH"
+stage bench 100 "$BENCH"
+
+# 6. every op of both CUDA backends under memcheck; without the caching allocator each tensor is its own
+# allocation, so a read or write past a tensor's end is out of bounds for memcheck
+if [ "$DRY" = "1" ]; then
+  stage sanitize 80 "$PYTHON -m benchmarks.sanitize_ops --device cpu"
+elif command -v compute-sanitizer >/dev/null; then
+  stage sanitize 80 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
+--print-limit 20 --target-processes application-only $PYTHON -m benchmarks.sanitize_ops --device cuda"
+else
+  skip sanitize "compute-sanitizer not found (CUDA_HOME=${CUDA_HOME:-unset})"
+  FAILED=1
+fi
 
 # summary, last
 {

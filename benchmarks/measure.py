@@ -1,13 +1,20 @@
-"""Timers, the bandwidth probe and the optimizer-memory measurement used by the benchmarks.
+"""Timers: one optimizer step with its gradient refills left out, rows interleaved with their anchor.
 
-- GPU: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls), median; CUDA events
-  when Triton is missing. CPU: ``time.perf_counter`` around each call, median after warm-up.
-- Bandwidth probe: a large device copy, bytes read + written over time (same run, same process).
-- Memory: the optimizer's peak extra memory, from where the parameters and gradients exist:
-  persistent state after a warm-up step (buckets, momentum, saved copies) plus the transient peak
-  of one steady-state step. GPU: ``torch.cuda`` allocator statistics. CPU: the allocation and free
-  events of the PyTorch profiler (``profile_memory=True``), summed in time order.
+- A timed step (``StepUnderTest.run``) writes each phase's gradient into ``.grad`` with one
+  ``torch._foreach_copy_``, synchronizes, then times the phase alone: ``time.perf_counter`` on the CPU, a
+  pair of CUDA events on the GPU. The refill is outside the timed region and is the same copy for every row,
+  so it costs every row alike (the copy also leaves the tail of the gradient in cache, as a backward pass
+  would). The sync before each phase means host launch latency counts, as it does after a backward pass.
+- Rows are timed in alternation with an anchor (``interleaved``): a, b, b, a, a, b, ... so that clock and
+  load drift hits both alike; the ratio is the median of the per-pair ratios.
+- CUDA-graph rows capture each phase once (after eager warm-up steps) and replay it. The ``.grad``
+  tensors a phase read at capture are the ones refilled before its replay: SANER's
+  ``first_step(zero_grad=True)`` re-points ``p.grad`` on the host, which a replay does not.
+- ``median_call_ms`` (for the bandwidth probe: plain kernels, nothing to refill): ``triton.testing.do_bench``
+  on the GPU (CUDA events, L2 flushed between calls; plain CUDA events when Triton is missing), the median
+  of ``perf_counter`` times on the CPU.
 """
+
 from __future__ import annotations
 
 import gc
@@ -17,71 +24,12 @@ from typing import Callable, Optional
 
 import torch
 
+Phase = Callable[[], object]
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def time_cpu(fn: Callable[[], object], warmup: int, iters: int, max_seconds: Optional[float] = None) -> list[float]:
-    """Per-call wall times in ms (after ``warmup`` untimed calls); stops early past ``max_seconds``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    start = time.perf_counter()
-    for i in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if max_seconds is not None and i >= 2 and time.perf_counter() - start > max_seconds:
-            break
-    return times
-
-
-def time_cuda(fn: Callable[[], object], warmup_ms: int, rep_ms: int) -> float:
-    """Median ms per call on the current CUDA device."""
-    try:
-        from triton.testing import do_bench
-    except Exception:  # Triton missing: CUDA events, same idea without the L2 flush
-        do_bench = None
-    if do_bench is not None:
-        return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    n = max(5, int(rep_ms / max(start.elapsed_time(end), 1e-3)))
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-    for s, e in events:
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
-
-
-def median_ms(fn: Callable[[], object], device: torch.device, quick: bool) -> tuple[float, int]:
-    """(median ms per call, number of timed calls; 0 when do_bench chose it)."""
-    if device.type == "cuda":
-        return time_cuda(fn, warmup_ms=10 if quick else 25, rep_ms=50 if quick else 200), 0
-    times = time_cpu(fn, warmup=1 if quick else 2, iters=3 if quick else 10, max_seconds=2.0 if quick else 10.0)
-    return statistics.median(times), len(times)
-
-
-def bandwidth_probe(device: torch.device, numel: Optional[int] = None, quick: bool = False) -> float:
-    """GB/s of a large device copy, counting bytes read and written (fp32 ``dst.copy_(src)``)."""
-    if numel is None:
-        numel = (1 << 28) if device.type == "cuda" else (1 << 24)
-    src = torch.rand(numel, device=device)
-    dst = torch.empty_like(src)
-    ms, _ = median_ms(lambda: dst.copy_(src), device, quick)
-    del src, dst
-    free_memory(device)
-    return 2 * numel * 4 / (ms * 1e-3) / 1e9
 
 
 def free_memory(device: torch.device) -> None:
@@ -90,72 +38,140 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _cpu_memory_timeline(make, build, step, holder) -> Optional[tuple[int, int]]:
-    """Profiled run of make -> build -> warm-up step -> measured step on the CPU.
-
-    Returns (persistent bytes from after ``make`` to the measured step, transient peak of the
-    measured step), or None when the profiler's events cannot be read. The parameters are made
-    inside the profiled region so that frees of their original storage are seen too.
-    """
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        holder["params"] = make()
-        with record_function("saner_bench_built"):
-            holder["opt"] = build(holder["params"])
-        step(holder["opt"])
-        with record_function("saner_bench_step"):
-            step(holder["opt"])
-    try:
-        events = list(prof.profiler.kineto_results.events())
-        t_built = min(e.start_ns() for e in events if e.name() == "saner_bench_built")
-        t_step = min(e.start_ns() for e in events if e.name() == "saner_bench_step")
-    except Exception:
-        return None
-    memory = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
-    persistent = sum(n for t, n in memory if t_built <= t < t_step)
-    running, peak = 0, 0
-    for t, n in memory:
-        if t >= t_step:
-            running += n
-            peak = max(peak, running)
-    return persistent, peak
-
-
-def optimizer_memory(make: Callable[[], list], build: Callable[[list], object],
-                     step: Callable[[object], object], device: torch.device):
-    """Make the parameters (with grads), build the optimizer, run a warm-up and a measured step.
-
-    Returns ``(params, optimizer, extra_bytes or None, method)``. Extra bytes = persistent growth
-    over construction and the first step (the optimizer's state, including any re-packing of
-    parameters and gradients net of what it freed) + the transient peak of one steady-state step.
-    """
-    holder: dict = {}
+def time_once_ms(fn: Phase, device: torch.device) -> float:
+    """Milliseconds of one call of ``fn``, started from an idle device."""
+    sync(device)
     if device.type == "cuda":
-        sync(device)
-        holder["params"] = make()
-        sync(device)
-        base = torch.cuda.memory_allocated(device)
-        holder["opt"] = build(holder["params"])
-        step(holder["opt"])
-        sync(device)
-        persistent = torch.cuda.memory_allocated(device) - base
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step(holder["opt"])
-        sync(device)
-        transient = max(0, torch.cuda.max_memory_allocated(device) - before)
-        return holder["params"], holder["opt"], persistent + transient, "cuda allocator"
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+class StepUnderTest:
+    """An optimizer's training-loop step, ready to be timed with fresh gradients before each phase."""
+
+    def __init__(self, params: list[torch.Tensor], phases: list[Phase], device: torch.device, graph: bool = False):
+        self.params = params
+        self.device = device
+        self.phases = phases
+        self._frozen_targets: Optional[list[list[torch.Tensor]]] = None
+        if graph:
+            captured = capture_cuda_graphs(phases, params)
+            self._frozen_targets = [targets for targets, _ in captured]
+            self.phases = [replay for _, replay in captured]
+
+    def grad_targets(self, k: int) -> list[torch.Tensor]:
+        """The ``.grad`` tensors phase ``k`` reads."""
+        if self._frozen_targets is not None:
+            return self._frozen_targets[k]
+        return [p.grad for p in self.params]
+
+    @torch.no_grad()
+    def refill(self, k: int, grads: list[list[torch.Tensor]]) -> None:
+        """Write gradient number ``k`` (of ``grads``, one list per backward pass) where phase ``k`` reads it."""
+        torch._foreach_copy_(self.grad_targets(k), grads[k % len(grads)])
+
+    def run(self, grads: list[list[torch.Tensor]]) -> float:
+        """One step; returns the milliseconds of its phases, refills not counted."""
+        total = 0.0
+        for k, phase in enumerate(self.phases):
+            self.refill(k, grads)
+            total += time_once_ms(phase, self.device)
+        return total
+
+
+def capture_cuda_graphs(phases: list[Phase], params: list[torch.Tensor], warmup_steps: int = 3):
+    """Run the whole step ``warmup_steps`` times on a side stream, then capture each phase in order.
+
+    Returns one ``(grad tensors bound when the phase was captured, replay)`` pair per phase.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup_steps):
+            for phase in phases:
+                phase()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    captured = []
+    for phase in phases:
+        targets = [p.grad for p in params]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            phase()
+        captured.append((targets, graph.replay))
+    torch.cuda.synchronize()
+    return captured
+
+
+def interleaved(
+    a: StepUnderTest,
+    b: StepUnderTest,
+    grads: list[list[torch.Tensor]],
+    reps: int,
+    min_reps: int,
+    max_seconds: float,
+    warmup: int = 1,
+) -> tuple[list[float], list[float]]:
+    """Per-step milliseconds of ``a`` and ``b`` in alternation (ab, ba, ab, ...); at least ``min_reps`` pairs,
+    fewer than ``reps`` only past ``max_seconds``."""
+    for _ in range(warmup):
+        a.run(grads)
+        b.run(grads)
+    times_a, times_b = [], []
+    start = time.perf_counter()
+    for i in range(reps):
+        if i % 2 == 0:
+            times_a.append(a.run(grads))
+            times_b.append(b.run(grads))
+        else:
+            times_b.append(b.run(grads))
+            times_a.append(a.run(grads))
+        if i + 1 >= min_reps and time.perf_counter() - start > max_seconds:
+            break
+    return times_a, times_b
+
+
+def median_ratio(times_a: list[float], times_b: list[float]) -> float:
+    """Median of the per-pair ratios a/b: drift between pairs cancels."""
+    return statistics.median(x / y for x, y in zip(times_a, times_b, strict=True))
+
+
+def median_call_ms(fn: Phase, device: torch.device, quick: bool) -> float:
+    """Median milliseconds per call of a self-contained kernel (no refill needed)."""
+    if device.type == "cuda":
+        return _cuda_median_ms(fn, warmup_ms=10 if quick else 25, rep_ms=50 if quick else 200)
+    for _ in range(1 if quick else 2):
+        fn()
+    times = []
+    for _ in range(5 if quick else 11):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _cuda_median_ms(fn: Phase, warmup_ms: int, rep_ms: int) -> float:
     try:
-        result = _cpu_memory_timeline(make, build, step, holder)
-    except Exception:
-        result = None
-    if "opt" not in holder:  # the profiler failed before anything was built
-        holder.clear()
-        holder["params"] = make()
-        holder["opt"] = build(holder["params"])
-        step(holder["opt"])
-        step(holder["opt"])
-    if result is None:
-        return holder["params"], holder["opt"], None, "unavailable"
-    return holder["params"], holder["opt"], result[0] + result[1], "profiler"
+        from triton.testing import do_bench
+    except Exception:  # Triton missing: CUDA events, the same idea without the L2 flush
+        do_bench = None
+    if do_bench is not None:
+        return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    for _ in range(3):
+        fn()
+    first = time_once_ms(fn, torch.device("cuda"))
+    n = max(5, int(rep_ms / max(first, 1e-3)))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    for s, e in events:
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events)

@@ -15,6 +15,7 @@
 
 Both loops follow the published code structure; they are baselines, not fast paths.
 """
+
 from __future__ import annotations
 
 import torch
@@ -64,9 +65,13 @@ class SAMLoop(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 p.data = self.state[p]["old_p"]  # get back to "w" from "w + e(w)"
+                self._reweight(p)
         self.base_optimizer.step()  # the actual "sharpness-aware" update
         if zero_grad:
             self.zero_grad()
+
+    def _reweight(self, p):
+        """SAM steps with the gradient at ``w + e`` as it is (the SANER loop overrides this)."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -80,10 +85,14 @@ class SAMLoop(torch.optim.Optimizer):
     def _grad_norm(self):
         shared_device = self.param_groups[0]["params"][0].device
         return torch.norm(
-            torch.stack([
-                ((torch.abs(p) if group["adaptive"] else 1.0) * p.grad).norm(p=2).to(shared_device)
-                for group in self.param_groups for p in group["params"] if p.grad is not None
-            ]),
+            torch.stack(
+                [
+                    ((torch.abs(p) if group["adaptive"] else 1.0) * p.grad).norm(p=2).to(shared_device)
+                    for group in self.param_groups
+                    for p in group["params"]
+                    if p.grad is not None
+                ]
+            ),
             p=2,
         )
 
@@ -91,8 +100,7 @@ class SAMLoop(torch.optim.Optimizer):
 class PaperSANERLoop(SAMLoop):
     """SANER as a per-parameter loop: SAM plus Group B down-weighting by ``alpha``."""
 
-    def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.1, alpha=0.5, eps=1e-8,
-                 adaptive=False, **kwargs):
+    def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.1, alpha=0.5, eps=1e-8, adaptive=False, **kwargs):
         super().__init__(params, base_optimizer, rho=rho, adaptive=adaptive, **kwargs)
         self.alpha, self.eps = alpha, eps
         self.group_counts = [0, 0, 0]  # A, B, C over all steps, read on the host
@@ -101,21 +109,12 @@ class PaperSANERLoop(SAMLoop):
         super()._save(p)
         self.state[p]["g_sgd"] = p.grad.clone()
 
-    @torch.no_grad()
-    def second_step(self, zero_grad=False):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                p.data = self.state[p]["old_p"]
-                ratio = p.grad / (self.state[p]["g_sgd"] + self.eps)
-                group_a = ratio >= 1
-                group_b = (ratio > 0) & (ratio < 1)
-                n_a, n_b = group_a.sum().item(), group_b.sum().item()
-                self.group_counts[0] += n_a
-                self.group_counts[1] += n_b
-                self.group_counts[2] += p.numel() - n_a - n_b
-                p.grad[group_b] *= self.alpha
-        self.base_optimizer.step()
-        if zero_grad:
-            self.zero_grad()
+    def _reweight(self, p):
+        ratio = p.grad / (self.state[p]["g_sgd"] + self.eps)
+        group_a = ratio >= 1
+        group_b = (ratio > 0) & (ratio < 1)
+        n_a, n_b = group_a.sum().item(), group_b.sum().item()
+        self.group_counts[0] += n_a
+        self.group_counts[1] += n_b
+        self.group_counts[2] += p.numel() - n_a - n_b
+        p.grad[group_b] *= self.alpha

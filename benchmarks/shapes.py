@@ -5,6 +5,7 @@
 and ``bucket``, one large synthetic tensor (``--bucket-numel``, 2**26 by default on CUDA, 2**24
 on CPU) that shows the kernels' streaming rate without per-tensor overheads.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -32,8 +33,9 @@ def describe(shapes: list[torch.Size]) -> tuple[int, int]:
     return sum(s.numel() for s in shapes), len(shapes)
 
 
-def make_params(shapes: list[torch.Size], device, dtype=torch.float32, seed: int = 0,
-                grad_scale: float = 1e-3) -> list[torch.nn.Parameter]:
+def make_params(
+    shapes: list[torch.Size], device, dtype=torch.float32, seed: int = 0, grad_scale: float = 1e-3
+) -> list[torch.nn.Parameter]:
     """Fresh parameters with random weights and random gradients already in ``.grad``.
 
     Every optimizer under test gets its own set (SANER rebinds ``p.data``/``p.grad`` into flat
@@ -49,3 +51,22 @@ def make_params(shapes: list[torch.Size], device, dtype=torch.float32, seed: int
         p.grad = g.to(dtype=dtype)
         params.append(p)
     return params
+
+
+def make_gradients(
+    shapes: list[torch.Size], device, dtype=torch.float32, seed: int = 1, grad_scale: float = 1e-3
+) -> list[list[torch.Tensor]]:
+    """The two gradients of a step, one list per backward pass, written into ``.grad`` before each phase.
+
+    The second is the first times a factor in [-1, 2), so every SANER group (ratio >= 1, in (0, 1), <= 0)
+    occurs, as it does between the gradients at ``w`` and at ``w + e``.
+    """
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    first, second = [], []
+    for shape in shapes:
+        g = torch.randn(shape, generator=gen, dtype=torch.float32, device=device).mul_(grad_scale)
+        factor = torch.rand(shape, generator=gen, dtype=torch.float32, device=device).mul_(3).sub_(1)
+        first.append(g.to(dtype=dtype))
+        second.append((g * factor).to(dtype=dtype))
+    return [first, second]

@@ -1,18 +1,23 @@
 """Checks that the benchmark's inputs and peers are what the table says they are (no timing here)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+import saner_kernels
 from benchmarks import peers
-from benchmarks.shapes import describe, param_shapes
+from benchmarks.shapes import describe, make_gradients, param_shapes
 
 
-@pytest.mark.parametrize("name, numel, tensors", [
-    ("wrn-28-10", 36_479_194, 80),
-    ("wrn-16-8", 10_961_370, 44),
-    ("resnet18", 11_173_962, 62),
-])
+@pytest.mark.parametrize(
+    "name, numel, tensors",
+    [
+        ("wrn-28-10", 36_479_194, 80),
+        ("wrn-16-8", 10_961_370, 44),
+        ("resnet18", 11_173_962, 62),
+    ],
+)
 def test_published_parameter_counts(name, numel, tensors):
     assert describe(param_shapes(name)) == (numel, tensors)
 
@@ -36,10 +41,10 @@ def _run(make_opt, steps=3):
     params = [torch.nn.Parameter(t.clone()) for t in w]
     opt = make_opt(params)
     for _ in range(steps):
-        for p, g in zip(params, g1):
+        for p, g in zip(params, g1, strict=True):
             p.grad = g.clone()
         opt.first_step(zero_grad=False)
-        for p, g in zip(params, g2):
+        for p, g in zip(params, g2, strict=True):
             p.grad.copy_(g)
         opt.second_step(zero_grad=False)
     return [p.detach().clone() for p in params]
@@ -51,7 +56,7 @@ HP = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 def test_paper_loop_alpha_one_is_the_sam_loop():
     a = _run(lambda ps: peers.PaperSANERLoop(ps, rho=0.1, alpha=1.0, **HP))
     b = _run(lambda ps: peers.SAMLoop(ps, rho=0.1, **HP))
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
@@ -59,10 +64,10 @@ def test_paper_loop_counts_groups():
     w, g1, g2 = _inputs()
     params = [torch.nn.Parameter(t.clone()) for t in w]
     opt = peers.PaperSANERLoop(params, rho=0.1, alpha=0.5, **HP)
-    for p, g in zip(params, g1):
+    for p, g in zip(params, g1, strict=True):
         p.grad = g.clone()
     opt.first_step()
-    for p, g in zip(params, g2):
+    for p, g in zip(params, g2, strict=True):
         p.grad.copy_(g)
     opt.second_step()
     assert sum(opt.group_counts) == sum(t.numel() for t in w)
@@ -71,10 +76,16 @@ def test_paper_loop_counts_groups():
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0])
 def test_peers_match_the_package_reference(alpha):
-    saner_kernels = pytest.importorskip("saner_kernels")
-    if not hasattr(saner_kernels, "SANER"):
-        pytest.skip("saner_kernels.SANER not there yet")
     ours = _run(lambda ps: peers.PaperSANERLoop(ps, rho=0.1, alpha=alpha, **HP))
     ref = _run(lambda ps: saner_kernels.SANER(ps, rho=0.1, alpha=alpha, backend="reference", **HP))
-    for x, y in zip(ours, ref):
+    for x, y in zip(ours, ref, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_the_two_gradients_put_components_in_every_group():
+    from saner_kernels.ops.reference import group_masks
+
+    first, second = make_gradients([torch.Size([4096])], "cpu")
+    mask_a, mask_b = group_masks(second[0], first[0], eps=1e-8)
+    mask_c = ~(mask_a | mask_b)
+    assert mask_a.any() and mask_b.any() and mask_c.any()
