@@ -140,7 +140,7 @@ def interleaved(
 
 def median_ratio(times_a: list[float], times_b: list[float]) -> float:
     """Median of the per-pair ratios a/b: drift between pairs cancels."""
-    return statistics.median(x / y for x, y in zip(times_a, times_b, strict=True))
+    return statistics.median(x / y for x, y in zip(times_a, times_b))
 
 
 def median_call_ms(fn: Phase, device: torch.device, quick: bool) -> float:

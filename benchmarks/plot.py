@@ -33,7 +33,7 @@ def plot(rows: list[Row], path: str, title: str) -> bool:
     labels = list(dict.fromkeys(f"{r.optimizer} [{r.backend}]" for r in ok))
     height = 0.35 * len(labels) + 1.8
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), height), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
+    for ax, model in zip(axes[0], models):
         here = {f"{r.optimizer} [{r.backend}]": r for r in ok if r.model == model}
         names = [label for label in labels if label in here]
         ax.barh(range(len(names)), [here[n].ms for n in names], color=[_color(here[n]) for n in names])

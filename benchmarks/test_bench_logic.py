@@ -28,10 +28,10 @@ def test_a_refilled_step_is_the_training_loop_step():
     for _ in range(3):
         step.run(grads)
         for k, phase in enumerate((loop.first_step, loop.second_step)):
-            for p, g in zip(loop_params, grads[k], strict=True):
+            for p, g in zip(loop_params, grads[k]):
                 p.grad.copy_(g)
             phase(zero_grad=True)
-    for a, b in zip(timed_params, loop_params, strict=True):
+    for a, b in zip(timed_params, loop_params):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert not a.grad.any()  # zero_grad=True was part of the timed step
 
@@ -40,7 +40,7 @@ def test_the_sgd_step_zeroes_its_gradients_in_place():
     params = make_params(SHAPES, CPU)
     grads_before = [p.grad for p in params]
     StepUnderTest(params, rows.sgd_phases(rows.anchor_spec().build(params)), CPU).run(make_gradients(SHAPES, CPU))
-    assert all(p.grad is g and not g.any() for p, g in zip(params, grads_before, strict=True))
+    assert all(p.grad is g and not g.any() for p, g in zip(params, grads_before))
 
 
 class _Recorder:

@@ -41,10 +41,10 @@ def _run(make_opt, steps=3):
     params = [torch.nn.Parameter(t.clone()) for t in w]
     opt = make_opt(params)
     for _ in range(steps):
-        for p, g in zip(params, g1, strict=True):
+        for p, g in zip(params, g1):
             p.grad = g.clone()
         opt.first_step(zero_grad=False)
-        for p, g in zip(params, g2, strict=True):
+        for p, g in zip(params, g2):
             p.grad.copy_(g)
         opt.second_step(zero_grad=False)
     return [p.detach().clone() for p in params]
@@ -56,7 +56,7 @@ HP = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 def test_paper_loop_alpha_one_is_the_sam_loop():
     a = _run(lambda ps: peers.PaperSANERLoop(ps, rho=0.1, alpha=1.0, **HP))
     b = _run(lambda ps: peers.SAMLoop(ps, rho=0.1, **HP))
-    for x, y in zip(a, b, strict=True):
+    for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
@@ -64,10 +64,10 @@ def test_paper_loop_counts_groups():
     w, g1, g2 = _inputs()
     params = [torch.nn.Parameter(t.clone()) for t in w]
     opt = peers.PaperSANERLoop(params, rho=0.1, alpha=0.5, **HP)
-    for p, g in zip(params, g1, strict=True):
+    for p, g in zip(params, g1):
         p.grad = g.clone()
     opt.first_step()
-    for p, g in zip(params, g2, strict=True):
+    for p, g in zip(params, g2):
         p.grad.copy_(g)
     opt.second_step()
     assert sum(opt.group_counts) == sum(t.numel() for t in w)
@@ -78,7 +78,7 @@ def test_paper_loop_counts_groups():
 def test_peers_match_the_package_reference(alpha):
     ours = _run(lambda ps: peers.PaperSANERLoop(ps, rho=0.1, alpha=alpha, **HP))
     ref = _run(lambda ps: saner_kernels.SANER(ps, rho=0.1, alpha=alpha, backend="reference", **HP))
-    for x, y in zip(ours, ref, strict=True):
+    for x, y in zip(ours, ref):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
