@@ -1,12 +1,20 @@
-// Argument checks and dtype dispatch shared by the CPU (ops.cpp) and CUDA (cuda/saner_cuda.cu) op front
-// ends. Kept out of common.h: that header is also compiled into the AVX2 kernel build, and an inline
-// function emitted there could be the copy the linker keeps.
+// Argument checks and dtype dispatch shared by the CPU (cpu/ops_cpu.cpp) and CUDA (cuda/saner_cuda.cu)
+// op front ends. Every check runs before an op writes anything; each message names the argument.
 #pragma once
+
+#include <optional>
 
 #include <ATen/ATen.h>
 
 namespace saner_kernels {
 
+inline void check_dtype(const at::Tensor& t) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf,
+              "saner_kernels: unsupported dtype ", st, " (float32, float64, bfloat16, float16 are supported)");
+}
+
+// t is a contiguous 1-D tensor like `like` (device, dtype, length); any storage offset is fine.
 inline void check_flat(const at::Tensor& t, const at::Tensor& like, const char* name) {
   TORCH_CHECK(t.dim() == 1 && t.is_contiguous(), "saner_kernels: ", name, " must be a contiguous 1-D tensor");
   TORCH_CHECK(t.device() == like.device(), "saner_kernels: ", name, " is on ", t.device(), ", expected ",
@@ -15,6 +23,43 @@ inline void check_flat(const at::Tensor& t, const at::Tensor& like, const char* 
               ", expected ", like.scalar_type());
   TORCH_CHECK(t.numel() == like.numel(), "saner_kernels: ", name, " has ", t.numel(), " elements, expected ",
               like.numel());
+}
+
+inline void check_flat(const std::optional<at::Tensor>& t, const at::Tensor& like, const char* name) {
+  if (t.has_value()) check_flat(*t, like, name);
+}
+
+// scale: one fp32 value (fp64 allowed: the optimizer's scale for fp64 buckets) on the tensors' device.
+inline void check_scale(const at::Tensor& scale, const at::Tensor& like) {
+  TORCH_CHECK(scale.numel() == 1 && (scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kDouble),
+              "saner_kernels: scale must be a 0-dim float32 (or float64) tensor, got ", scale.scalar_type(),
+              " of shape ", scale.sizes());
+  TORCH_CHECK(scale.device() == like.device(), "saner_kernels: scale is on ", scale.device(),
+              ", expected the tensors' device ", like.device());
+}
+
+// skip: one fp32 flag on the tensors' device (nonzero: skip the step), like found_inf in torch's fused SGD.
+inline void check_skip(const at::Tensor& skip, const at::Tensor& like) {
+  TORCH_CHECK(skip.numel() == 1 && skip.scalar_type() == at::kFloat,
+              "saner_kernels: skip must be a 0-dim float32 tensor, got ", skip.scalar_type(), " of shape ",
+              skip.sizes());
+  TORCH_CHECK(skip.device() == like.device(), "saner_kernels: skip is on ", skip.device(),
+              ", expected the tensors' device ", like.device());
+}
+
+inline void check_stats(const std::optional<at::Tensor>& stats, const at::Tensor& like) {
+  if (!stats.has_value()) return;
+  TORCH_CHECK(stats->scalar_type() == at::kLong && stats->numel() == 3 && stats->is_contiguous() &&
+                  stats->device() == like.device(),
+              "saner_kernels: stats must be a contiguous int64 tensor of 3 counters on ", like.device(), ", got ",
+              stats->scalar_type(), " of shape ", stats->sizes(), " on ", stats->device());
+}
+
+// The number of leading elements the group counts cover (the rest is bucket padding).
+inline int64_t valid_count(std::optional<int64_t> n_valid, int64_t n) {
+  if (!n_valid.has_value()) return n;
+  TORCH_CHECK(*n_valid >= 0 && *n_valid <= n, "saner_kernels: n_valid must be in [0, ", n, "], got ", *n_valid);
+  return *n_valid;
 }
 
 // Calls f(T{}) with the storage type T of dtype st.

@@ -1,9 +1,10 @@
-// Vectorized CPU kernel bodies for the three contract ops, over one range [begin, end) of a bucket.
+// Vectorized CPU kernel bodies for the contract ops, over one range [begin, end) of a bucket.
 //
-// This header is compiled twice, into differently named namespaces (ATen's CPU_CAPABILITY trick):
-// kernels_default.cpp (the build's baseline ISA) and kernels_avx2.cpp (AVX2+FMA, x86-64 only);
-// ops.cpp picks one table at runtime. It includes nothing but ATen's vector headers: no Tensor, no
-// threads; ops.cpp splits the work and calls these on disjoint ranges.
+// This header is compiled once per ISA, into differently named namespaces (ATen's CPU_CAPABILITY
+// scheme): kernels_default.cpp (the build's baseline ISA) and kernels_avx2.cpp (its own translation unit,
+// compiled with -mavx2 -mfma -mf16c); cpu/isa.cpp picks one table at run time. It includes nothing but
+// ATen's vector headers: no Tensor, no threads, no zeroing or skipping (the front end, ops_cpu.cpp, does
+// those and splits the work into disjoint ranges).
 //
 // Numerics: every expression is evaluated in the compute type C (float for fp32/bf16/fp16 storage,
 // double for fp64) in exactly the order of saner_kernels/ops/reference.py: one rounding per torch op,
@@ -12,6 +13,7 @@
 // to the reference's chain of elementwise torch ops on the same ISA.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -19,10 +21,12 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
-#include "../common.h"
+#include "kernel_table.h"
+
+#ifndef CPU_CAPABILITY
+#error "define CPU_CAPABILITY (the ISA namespace) before including cpu/kernels.h"
+#endif
 
 namespace saner_kernels {
 namespace cpu {
@@ -58,6 +62,16 @@ struct IO {
   }
 };
 
+// Copies k < V elements of a tail into a zero-filled vector-sized buffer.
+template <typename T, int64_t V>
+struct Tail {
+  alignas(64) T v[V] = {};
+  Tail(const T* p, int64_t k) {
+    if (p != nullptr) std::memcpy(v, p, k * sizeof(T));
+  }
+  void copy_to(T* p, int64_t k) const { std::memcpy(p, v, k * sizeof(T)); }
+};
+
 // ---------------------------------------------------------------------------------- grad_sq_norm
 // Sum of g^2 (or (|w| g)^2) over [begin, end): fp32 vector accumulators over short blocks, each block
 // folded into a double in a fixed lane order. The result depends on begin/end only, never on threads.
@@ -80,16 +94,10 @@ double sq_norm_range(const T* g, const T* w, int64_t begin, int64_t end) {
         acc[u] = acc[u] + x * x;
       }
     }
-    for (; i < b1; i += V) {  // tail: zero-filled partial vector
+    for (; i < b1; i += V) {  // tail: zero-filled partial vectors
       const int64_t k = std::min(V, b1 - i);
-      T gbuf[V] = {};
-      T wbuf[V] = {};
-      std::memcpy(gbuf, g + i, k * sizeof(T));
-      Vec x = IO<T>::load(gbuf);
-      if (w != nullptr) {
-        std::memcpy(wbuf, w + i, k * sizeof(T));
-        x = IO<T>::load(wbuf).abs() * x;
-      }
+      Vec x = IO<T>::load(Tail<T, V>(g + i, k).v);
+      if (w != nullptr) x = IO<T>::load(Tail<T, V>(w + i, k).v).abs() * x;
       acc[0] = acc[0] + x * x;
     }
     alignas(64) C lanes[kUnroll][V];
@@ -103,14 +111,16 @@ double sq_norm_range(const T* g, const T* w, int64_t begin, int64_t end) {
 }
 
 // ---------------------------------------------------------------------------------- perturb_
-// g_sgd <- g;  e = (w*w*g*s if adaptive else g*s);  w <- w + e;  (e stored when adaptive)
-template <typename T, bool kAdaptive>
+// e = (w*w*g*s if adaptive else g*s);  w <- w + e;  e stored when adaptive;  g_sgd <- g when copying.
+template <typename T, bool kAdaptive, bool kCopy>
 void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin, int64_t end) {
   using C = compute_t<T>;
   using Vec = Vectorized<C>;
   constexpr int64_t V = Vec::size();
   const Vec s(static_cast<C>(scale));
-  const bool stream_g_sgd = (reinterpret_cast<uintptr_t>(g_sgd + begin) % 32) == 0;  // aligned for 256-bit stores
+  // g_sgd is only read again in the update, after the second backward: a streaming store skips
+  // reading its old cache lines first. Needs 32-byte alignment (256-bit stores).
+  [[maybe_unused]] const bool stream_g_sgd = kCopy && (reinterpret_cast<uintptr_t>(g_sgd + begin) % 32) == 0;
   auto body = [&](T* wp, const T* gp, T* gsp, T* ep) {
     const Vec gv = IO<T>::load(gp);
     const Vec wv = IO<T>::load(wp);
@@ -122,10 +132,8 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin
       ev = gv * s;
     }
     IO<T>::store(wp, wv + ev);
-    if constexpr (std::is_same_v<T, C>) {
-#if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
-      // g_sgd is only read again in the update, after the second backward: a streaming store skips
-      // reading its old cache lines first (4 of the 20 bytes/elem this pass would otherwise move).
+    if constexpr (kCopy) {
+#if defined(CPU_CAPABILITY_AVX2)
       if constexpr (std::is_same_v<T, float>) {
         if (stream_g_sgd) {
           _mm256_stream_ps(reinterpret_cast<float*>(gsp), gv);
@@ -133,35 +141,54 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin
         }
       }
 #endif
-      gv.store(gsp);
-    } else {
-      std::memcpy(gsp, gp, V * sizeof(T));  // bit copy, like g_sgd.copy_(g)
+      std::memcpy(gsp, gp, V * sizeof(T));  // a bit copy, like g_sgd.copy_(g)
     }
   };
   int64_t i = begin;
-  for (; i + V <= end; i += V) body(w + i, g + i, g_sgd + i, kAdaptive ? e + i : nullptr);
-#if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+  for (; i + V <= end; i += V) body(w + i, g + i, kCopy ? g_sgd + i : nullptr, kAdaptive ? e + i : nullptr);
+#if defined(CPU_CAPABILITY_AVX2)
   if (std::is_same_v<T, float> && stream_g_sgd) _mm_sfence();  // order the streaming stores
 #endif
   if (i < end) {  // tail through the same vector code on zero-padded copies
     const int64_t k = end - i;
-    alignas(64) T wb[V] = {}, gb[V] = {}, gsb[V] = {}, eb[V] = {};  // aligned: g_sgd may be streamed
-    std::memcpy(wb, w + i, k * sizeof(T));
-    std::memcpy(gb, g + i, k * sizeof(T));
-    body(wb, gb, gsb, eb);
-    std::memcpy(w + i, wb, k * sizeof(T));
-    std::memcpy(g_sgd + i, gsb, k * sizeof(T));
-    if (kAdaptive) std::memcpy(e + i, eb, k * sizeof(T));
+    Tail<T, V> wb(w + i, k), gb(g + i, k), gsb(nullptr, k), eb(nullptr, k);  // aligned: g_sgd may be streamed
+    body(wb.v, gb.v, gsb.v, eb.v);
+    wb.copy_to(w + i, k);
+    if (kCopy) gsb.copy_to(g_sgd + i, k);
+    if (kAdaptive) eb.copy_to(e + i, k);
+  }
+}
+
+// ---------------------------------------------------------------------------------- restore_
+// w <- w - e, with e stored (adaptive) or recomputed as g_sgd * s: the very product perturb_ added.
+template <typename T, bool kAdaptive>
+void restore_range(T* w, const T* src, double scale, int64_t begin, int64_t end) {
+  using C = compute_t<T>;
+  using Vec = Vectorized<C>;
+  constexpr int64_t V = Vec::size();
+  const Vec s(static_cast<C>(scale));
+  auto body = [&](T* wp, const T* sp) {
+    const Vec ev = kAdaptive ? IO<T>::load(sp) : IO<T>::load(sp) * s;
+    IO<T>::store(wp, IO<T>::load(wp) - ev);
+  };
+  int64_t i = begin;
+  for (; i + V <= end; i += V) body(w + i, src + i);
+  if (i < end) {
+    const int64_t k = end - i;
+    Tail<T, V> wb(w + i, k), sb(src + i, k);
+    body(wb.v, sb.v);
+    wb.copy_to(w + i, k);
   }
 }
 
 // ---------------------------------------------------------------------------------- update_
-#if !defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+// Restore w, reweight Group B by alpha, weight decay, momentum, step; counts A and B when counts != nullptr.
+#if !defined(CPU_CAPABILITY_AVX2)
 // Baseline build: ATen's generic Vectorized compares and blends lane by lane through memory (25x slower
 // than this loop), so the update is a plain loop the compiler vectorizes itself. Same expressions;
 // fmadd is a*b + c with two roundings, exactly what ATen's generic vec::fmadd computes.
 template <typename T, bool kAdaptive, bool kHasBuf, bool kMask>
-void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* count_a, int64_t* count_b) {
+void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts) {
   using C = compute_t<T>;
   const C s = static_cast<C>(a.scale);
   const C neg_lr = static_cast<C>(-a.lr);
@@ -171,7 +198,7 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* c
   const C alpha = static_cast<C>(a.alpha);
   const C eps = static_cast<C>(a.eps);
   const bool use_alpha = a.alpha != 1.0;
-  const bool use_wd = a.weight_decay != 0.0;
+  const bool use_wd = a.weight_decay != 0.0;  // no 0 * w term: an infinite weight stays infinite
   const bool nesterov = a.nesterov;
   const bool first = a.first_momentum_step;
   int64_t na = 0, nb_count = 0;
@@ -203,12 +230,14 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* c
     }
     wp[i] = static_cast<T>(d * neg_lr + wv);
   }
-  *count_a += na;
-  *count_b += nb_count;
+  if (counts != nullptr) {
+    counts->a += na;
+    counts->b += nb_count;
+  }
 }
 #else
 template <typename T, bool kAdaptive, bool kHasBuf, bool kMask>
-void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* count_a, int64_t* count_b) {
+void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts) {
   using C = compute_t<T>;
   using Vec = Vectorized<C>;
   constexpr int64_t V = Vec::size();
@@ -222,7 +251,7 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* c
   const Vec zero(C(0));
   const Vec one(C(1));
   const bool use_alpha = a.alpha != 1.0;
-  const bool use_wd = a.weight_decay != 0.0;
+  const bool use_wd = a.weight_decay != 0.0;  // no 0 * w term: an infinite weight stays infinite
   const bool nesterov = a.nesterov;
   const bool first = a.first_momentum_step;
   Vec acc_a(C(0)), acc_b(C(0));
@@ -249,15 +278,15 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* c
       acc_b = acc_b + (mb & one);
     }
     // torch.add(x, y, alpha=a) steps, as torch.optim.SGD and the reference do them: ATen evaluates
-    // x + a*y as vec::fmadd(y, a, x), one fused rounding with AVX2 and two in the baseline build,
-    // and so does at::vec::fmadd here in each of our builds.
-    if (use_wd) d = at::vec::fmadd(wv, wd, d);                                   // d.add(w, alpha=wd)
+    // x + a*y as vec::fmadd(y, a, x), one fused rounding with AVX2, and so does at::vec::fmadd here.
+    if (use_wd) d = at::vec::fmadd(wv, wd, d);  // d.add(w, alpha=wd)
     if constexpr (kHasBuf) {
-      const Vec nb = first ? d : at::vec::fmadd(d, damp, IO<T>::load(bp) * mu);  // buf.mul(mu).add_(d, alpha=1-tau)
-      d = nesterov ? at::vec::fmadd(nb, mu, d) : nb;                             // d.add(buf, alpha=mu)
+      // buf.mul(mu).add_(d, alpha=1-tau); the first step reads no buf
+      const Vec nb = first ? d : at::vec::fmadd(d, damp, IO<T>::load(bp) * mu);
+      d = nesterov ? at::vec::fmadd(nb, mu, d) : nb;  // d.add(buf, alpha=mu)
       IO<T>::store(bp, nb);
     }
-    IO<T>::store(wp, at::vec::fmadd(d, neg_lr, wv));                             // w.add(d, alpha=-lr)
+    IO<T>::store(wp, at::vec::fmadd(d, neg_lr, wv));  // w.add(d, alpha=-lr)
   };
 
   // Blocks short enough that the fp32 lane counters stay exact (< 2^24) before being flushed.
@@ -272,8 +301,10 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* c
         na += static_cast<int64_t>(la[l]);
         nb += static_cast<int64_t>(lb[l]);
       }
-      *count_a += na;
-      *count_b += nb;
+      if (counts != nullptr) {
+        counts->a += na;
+        counts->b += nb;
+      }
       acc_a = Vec(C(0));
       acc_b = Vec(C(0));
     }
@@ -286,30 +317,27 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, int64_t* c
     }
     flush();
   }
-  if (i < end) {  // tail: zero padding is never counted in A or B (g == 0 is Group C)
+  if (i < end) {  // tail: the zero padding is never counted in A or B (g == 0 is Group C)
     const int64_t k = end - i;
-    T wb[V] = {}, gb[V] = {}, gsb[V] = {}, bb[V] = {}, eb[V] = {};
-    std::memcpy(wb, a.w + i, k * sizeof(T));
-    std::memcpy(gb, a.g + i, k * sizeof(T));
-    std::memcpy(gsb, a.g_sgd + i, k * sizeof(T));
-    if (kHasBuf) std::memcpy(bb, a.buf + i, k * sizeof(T));
-    if (kAdaptive) std::memcpy(eb, a.e + i, k * sizeof(T));
-    body(wb, gb, gsb, bb, eb);
-    std::memcpy(a.w + i, wb, k * sizeof(T));
-    if (kHasBuf) std::memcpy(a.buf + i, bb, k * sizeof(T));
+    Tail<T, V> wb(a.w + i, k), gb(a.g + i, k), gsb(a.g_sgd + i, k);
+    Tail<T, V> bb(kHasBuf ? a.buf + i : nullptr, k), eb(kAdaptive ? a.e + i : nullptr, k);
+    body(wb.v, gb.v, gsb.v, bb.v, eb.v);
+    wb.copy_to(a.w + i, k);
+    if (kHasBuf) bb.copy_to(a.buf + i, k);
     flush();
   }
 }
 #endif
 
-// The function table ops.cpp dispatches through, one per ISA build of this header.
+// The function table the front end dispatches through, one per ISA build of this header.
 template <typename T>
 KernelTable<T> make_table() {
   KernelTable<T> t;
   t.sq_norm = &sq_norm_range<T>;
-  t.perturb[0] = &perturb_range<T, false>;
-  t.perturb[1] = &perturb_range<T, true>;
-  // index: adaptive * 4 + has_buf * 2 + mask
+  t.perturb[0] = &perturb_range<T, false, false>;
+  t.perturb[1] = &perturb_range<T, true, false>;
+  t.perturb[2] = &perturb_range<T, false, true>;
+  t.perturb[3] = &perturb_range<T, true, true>;
   t.update[0] = &update_range<T, false, false, false>;
   t.update[1] = &update_range<T, false, false, true>;
   t.update[2] = &update_range<T, false, true, false>;
@@ -318,6 +346,8 @@ KernelTable<T> make_table() {
   t.update[5] = &update_range<T, true, false, true>;
   t.update[6] = &update_range<T, true, true, false>;
   t.update[7] = &update_range<T, true, true, true>;
+  t.restore[0] = &restore_range<T, false>;
+  t.restore[1] = &restore_range<T, true>;
   return t;
 }
 

@@ -1,25 +1,34 @@
 """Backend registry and choice: one kernel contract (see ``reference.py``), several implementations.
 
-Each backend is a module (or object) exposing ``NAME``, ``DTYPES`` (the storage dtypes it takes),
-``is_available(device) -> (ok, reason)`` and the three contract ops ``grad_sq_norm``, ``perturb_``, ``update_``. Backend modules are imported lazily so a
-missing Triton or an unbuilt extension never breaks ``import saner_kernels``.
+A backend is a module (or object) exposing ``DTYPES`` (the storage dtypes it takes),
+``is_available(device) -> (ok, reason)`` and the four contract ops ``grad_sq_norm``, ``perturb_``,
+``update_`` and ``restore_``; optionally ``build_problem() -> str``, non-empty when it is built but
+stale or broken. Backend modules are imported lazily so that a missing Triton or an unbuilt extension
+never breaks ``import saner_kernels``.
+
+The native ops (``native.py``) are one implementation for CPU and CUDA tensors; users name them by the
+device they want: ``"cpp"`` (CPU tensors) and ``"cuda"`` (CUDA tensors). The object ``resolve_backend``
+returns has ``NAME``: the name a user passes (``SANER.backends()`` reports it).
 """
+
 from __future__ import annotations
 
 import importlib
+import warnings
 from types import ModuleType
 from typing import Optional, Union
 
 import torch
 
-# name -> module path (relative to this package); order does not imply preference.
+# name -> (module path relative to this package, the device type the name stands for, or None: its own).
 _BACKEND_MODULES = {
-    "reference": ".reference",
-    "triton": ".triton",
-    "cpp": ".native",
-    "cuda": ".native",
+    "reference": (".reference", None),
+    "triton": (".triton", None),
+    "cpp": (".native", "cpu"),
+    "cuda": (".native", "cuda"),
 }
 BACKEND_NAMES = tuple(_BACKEND_MODULES)
+_CONTRACT = ("DTYPES", "grad_sq_norm", "perturb_", "update_", "restore_")
 
 
 class Availability:
@@ -47,16 +56,43 @@ class Availability:
         return "True" if self.ok else f"False ({self.reason})"
 
 
-def _load(name: str) -> tuple[Optional[ModuleType], str]:
+class _DeviceName:
+    """A multi-device backend under the name of one device type: the contract, ``NAME`` and an
+    ``is_available`` that also says no to other devices' tensors."""
+
+    def __init__(self, name: str, backend: ModuleType, device_type: str):
+        self.NAME = name
+        self.DEVICE_TYPE = device_type
+        self._backend = backend
+        for attr in _CONTRACT:
+            setattr(self, attr, getattr(backend, attr))
+
+    def is_available(self, device: torch.device) -> tuple[bool, str]:
+        if device.type != self.DEVICE_TYPE:
+            return False, f"the {self.NAME!r} backend runs {self.DEVICE_TYPE} tensors, not {device.type}"
+        return self._backend.is_available(device)
+
+    def build_problem(self) -> str:
+        return self._backend.build_problem()
+
+    def __repr__(self) -> str:
+        return f"<saner_kernels backend {self.NAME!r} ({self._backend.__name__} on {self.DEVICE_TYPE} tensors)>"
+
+
+_LOADED: dict[str, object] = {}
+_WARNED: set[str] = set()
+
+
+def _load(name: str) -> tuple[Optional[object], str]:
+    if name in _LOADED:
+        return _LOADED[name], ""
+    path, device_type = _BACKEND_MODULES[name]
     try:
-        module = importlib.import_module(_BACKEND_MODULES[name], __name__)
-    except Exception as exc:  # ImportError, or a broken/stale extension raising at import
+        module = importlib.import_module(path, __name__)
+    except Exception as exc:  # ImportError, or a backend module raising at import
         return None, f"cannot import: {exc}"
-    if name == "cpp":
-        return module.CPP, ""
-    if name == "cuda":
-        return module.CUDA, ""
-    return module, ""
+    _LOADED[name] = module if device_type is None else _DeviceName(name, module, device_type)
+    return _LOADED[name], ""
 
 
 def _default_device(name: str) -> torch.device:
@@ -66,10 +102,10 @@ def _default_device(name: str) -> torch.device:
 def backend_status(name: str, device: Union[str, torch.device, None] = None) -> Availability:
     if name not in _BACKEND_MODULES:
         raise ValueError(f"unknown backend {name!r}; choose 'auto' or one of {BACKEND_NAMES}")
-    module, reason = _load(name)
-    if module is None:
+    backend, reason = _load(name)
+    if backend is None:
         return Availability(False, reason)
-    ok, reason = module.is_available(torch.device(device) if device is not None else _default_device(name))
+    ok, reason = backend.is_available(torch.device(device) if device is not None else _default_device(name))
     return Availability(ok, reason)
 
 
@@ -90,6 +126,16 @@ def _auto_order(device: torch.device) -> tuple[str, ...]:
     return ("reference",)
 
 
+def _warn_unusable_build(name: str) -> None:
+    """A backend that is built but stale or broken is never skipped silently: one warning per problem."""
+    backend, _ = _load(name)
+    problem = backend.build_problem() if backend is not None and hasattr(backend, "build_problem") else ""
+    if problem and problem not in _WARNED:
+        _WARNED.add(problem)
+        warnings.warn(f"saner_kernels: backend='auto' falls back from {name!r}: {problem}", RuntimeWarning,
+                      stacklevel=3)
+
+
 def check_backend_name(name: str) -> None:
     if name != "auto" and name not in _BACKEND_MODULES:
         raise ValueError(
@@ -98,16 +144,18 @@ def check_backend_name(name: str) -> None:
         )
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> ModuleType:
-    """The backend for ``dtype`` tensors on ``device``; ``auto`` follows DESIGN.md section 2."""
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
+    """The backend for ``dtype`` tensors on ``device``; ``auto`` follows docs/design.md ("Backends")."""
     check_backend_name(name)
     device = torch.device(device)
     if name == "auto":
         for candidate in _auto_order(device):
             if backend_status(candidate, device):
-                module = _load(candidate)[0]
-                if dtype in module.DTYPES:
-                    return module
+                backend = _load(candidate)[0]
+                if dtype in backend.DTYPES:
+                    return backend
+            else:
+                _warn_unusable_build(candidate)
         raise AssertionError("the reference backend is always available")
     status = backend_status(name, device)
     if not status:
@@ -116,10 +164,10 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
             f"available_backends({device.type!r}) = {available_backends(device)}; "
             f"use backend='auto' to pick the best available one."
         )
-    module = _load(name)[0]
-    if dtype not in module.DTYPES:
+    backend = _load(name)[0]
+    if dtype not in backend.DTYPES:
         raise RuntimeError(
-            f"backend {name!r} does not take {dtype} parameters (it takes {module.DTYPES}); "
+            f"backend {name!r} does not take {dtype} parameters (it takes {backend.DTYPES}); "
             f"use backend='reference' or 'auto' for them."
         )
-    return module
+    return backend

@@ -1,0 +1,191 @@
+// The CPU implementation of the saner_kernels ops (schemas in ops.cpp): argument checks, the skip flag,
+// zeroing and group-count bookkeeping, and the split into ranges run in parallel (at::parallel_for,
+// OpenMP). The vector loops are in cpu/kernels.h, one build per ISA (cpu/isa.cpp picks one).
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../front_end.h"
+#include "isa.h"
+
+namespace saner_kernels {
+namespace cpu {
+namespace {
+
+constexpr int64_t kGrain = int64_t(1) << 15;      // elementwise ops: elements per task
+constexpr int64_t kNormChunk = int64_t(1) << 16;  // norm: fixed chunks, so the sum order is fixed
+
+// The scale's value, exact as a double; the kernels round it to their compute type like torch's type
+// promotion does. Reading a CPU tensor is no host sync.
+double read_scale(const at::Tensor& scale) {
+  return scale.scalar_type() == at::kFloat ? static_cast<double>(*scale.const_data_ptr<float>())
+                                           : *scale.const_data_ptr<double>();
+}
+
+bool read_skip(const at::Tensor& skip) { return *skip.const_data_ptr<float>() != 0.0f; }
+
+// f(task, begin, end) over [0, n) in fixed tasks of kGrain elements, run in parallel.
+template <typename F>
+void for_each_task(int64_t n, const F& f) {
+  const int64_t n_tasks = (n + kGrain - 1) / kGrain;
+  at::parallel_for(0, n_tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) f(t, t * kGrain, std::min(n, (t + 1) * kGrain));
+  });
+}
+
+template <typename T>
+void zero_range(const at::Tensor& t, int64_t begin, int64_t end) {
+  std::memset(t.data_ptr<T>() + begin, 0, static_cast<size_t>(end - begin) * sizeof(T));  // +0.0 in every dtype
+}
+
+at::Tensor grad_sq_norm_cpu(const at::Tensor& g, const std::optional<at::Tensor>& w) {
+  check_dtype(g);
+  check_flat(g, g, "g");
+  check_flat(w, g, "w");
+  const int64_t n = g.numel();
+  const int64_t n_chunks = (n + kNormChunk - 1) / kNormChunk;
+  std::vector<double> partial(static_cast<size_t>(n_chunks), 0.0);
+  dispatch_dtype(g.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* gp = g.const_data_ptr<T>();
+    const T* wp = w.has_value() ? w->const_data_ptr<T>() : nullptr;
+    const auto fn = kernels<T>().sq_norm;
+    at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) partial[c] = fn(gp, wp, c * kNormChunk, std::min(n, (c + 1) * kNormChunk));
+    });
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;  // fixed order: deterministic whatever the thread count
+  return at::scalar_tensor(total, g.options().dtype(g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+}
+
+void perturb_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& scale, const at::Tensor& skip,
+                 const std::optional<at::Tensor>& e, const std::optional<at::Tensor>& g_sgd) {
+  check_dtype(w);
+  check_flat(w, w, "w");
+  check_flat(g, w, "g");
+  check_flat(e, w, "e");
+  check_flat(g_sgd, w, "g_sgd");
+  check_scale(scale, w);
+  check_skip(skip, w);
+  const int64_t n = w.numel();
+  if (n == 0 || read_skip(skip)) return;
+  const double s = read_scale(scale);
+  dispatch_dtype(w.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    T* wp = w.data_ptr<T>();
+    const T* gp = g.const_data_ptr<T>();
+    T* ep = e.has_value() ? e->data_ptr<T>() : nullptr;
+    T* gsp = g_sgd.has_value() ? g_sgd->data_ptr<T>() : nullptr;
+    const auto fn = kernels<T>().perturb[(e.has_value() ? 1 : 0) + (g_sgd.has_value() ? 2 : 0)];
+    for_each_task(n, [&](int64_t, int64_t b, int64_t en) { fn(wp, gp, gsp, ep, s, b, en); });
+  });
+}
+
+void update_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sgd,
+                const std::optional<at::Tensor>& buf, const at::Tensor& scale, const at::Tensor& skip, double lr,
+                double momentum, double dampening, double weight_decay, double alpha, double eps, bool nesterov,
+                const std::optional<at::Tensor>& e, bool first_momentum_step, bool zero_grads,
+                const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid) {
+  check_dtype(w);
+  check_flat(w, w, "w");
+  check_flat(g, w, "g");
+  check_flat(g_sgd, w, "g_sgd");
+  check_flat(buf, w, "buf");
+  check_flat(e, w, "e");
+  check_scale(scale, w);
+  check_skip(skip, w);
+  check_stats(stats, w);
+  const int64_t n = w.numel();
+  const int64_t valid = valid_count(n_valid, n);
+  if (n == 0) return;
+  const bool skipped = read_skip(skip);
+  const bool mask = alpha != 1.0 || stats.has_value();
+  const int idx = (e.has_value() ? 4 : 0) + (buf.has_value() ? 2 : 0) + (mask ? 1 : 0);
+  GroupCounts total;
+  dispatch_dtype(w.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    if (skipped) {  // write nothing but the zeros asked for
+      if (zero_grads) {
+        for_each_task(n, [&](int64_t, int64_t b, int64_t en) {
+          zero_range<T>(g, b, en);
+          zero_range<T>(g_sgd, b, en);
+        });
+      }
+      return;
+    }
+    UpdateArgs<T> a;
+    a.w = w.data_ptr<T>();
+    a.g = g.const_data_ptr<T>();
+    a.g_sgd = g_sgd.const_data_ptr<T>();
+    a.buf = buf.has_value() ? buf->data_ptr<T>() : nullptr;
+    a.e = e.has_value() ? e->const_data_ptr<T>() : nullptr;
+    a.scale = read_scale(scale);
+    a.lr = lr;
+    a.momentum = momentum;
+    a.dampening = dampening;
+    a.weight_decay = weight_decay;
+    a.alpha = alpha;
+    a.eps = eps;
+    a.nesterov = nesterov;
+    a.first_momentum_step = first_momentum_step;
+    const auto fn = kernels<T>().update[idx];
+    std::vector<GroupCounts> counts(static_cast<size_t>((n + kGrain - 1) / kGrain));
+    for_each_task(n, [&](int64_t t, int64_t b, int64_t en) {
+      const int64_t split = std::clamp(valid, b, en);  // counted: [b, split); padding: [split, en)
+      if (split > b) fn(a, b, split, &counts[t]);
+      if (en > split) fn(a, split, en, nullptr);
+      if (zero_grads) {  // right after the read: the lines are still in cache
+        zero_range<T>(g, b, en);
+        zero_range<T>(g_sgd, b, en);
+      }
+    });
+    for (const auto& c : counts) {
+      total.a += c.a;
+      total.b += c.b;
+    }
+  });
+  if (stats.has_value() && !skipped) {
+    int64_t* sp = stats->data_ptr<int64_t>();
+    sp[0] += total.a;
+    sp[1] += total.b;
+    sp[2] += valid - total.a - total.b;
+  }
+}
+
+void restore_cpu(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& skip,
+                 const std::optional<at::Tensor>& g_sgd, const std::optional<at::Tensor>& e) {
+  check_dtype(w);
+  check_flat(w, w, "w");
+  check_flat(g_sgd, w, "g_sgd");
+  check_flat(e, w, "e");
+  TORCH_CHECK(g_sgd.has_value() || e.has_value(), "saner_kernels: restore_ needs g_sgd (or e when adaptive)");
+  check_scale(scale, w);
+  check_skip(skip, w);
+  const int64_t n = w.numel();
+  if (n == 0 || read_skip(skip)) return;
+  const double s = read_scale(scale);
+  dispatch_dtype(w.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    T* wp = w.data_ptr<T>();
+    const T* src = e.has_value() ? e->const_data_ptr<T>() : g_sgd->const_data_ptr<T>();
+    const auto fn = kernels<T>().restore[e.has_value() ? 1 : 0];
+    for_each_task(n, [&](int64_t, int64_t b, int64_t en) { fn(wp, src, s, b, en); });
+  });
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace saner_kernels
+
+TORCH_LIBRARY_IMPL(saner_kernels, CPU, m) {
+  m.impl("grad_sq_norm", &saner_kernels::cpu::grad_sq_norm_cpu);
+  m.impl("perturb_", &saner_kernels::cpu::perturb_cpu);
+  m.impl("update_", &saner_kernels::cpu::update_cpu);
+  m.impl("restore_", &saner_kernels::cpu::restore_cpu);
+}
