@@ -1,21 +1,27 @@
 """Ahead-of-time compile of every Triton kernel variant for sm_80 and sm_90, and PTX checks; no GPU.
 
 ``triton.compile`` on an ``ASTSource`` with a ``GPUTarget`` runs the whole CUDA pipeline (TTIR, TTGIR,
-LLVM, PTX, ptxas to cubin) without a driver. The compile runs once, in a subprocess started from a
-module fixture: this file run as a script, without ``TRITON_INTERPRET`` and with a private Triton
-cache, so neither the interpreter tests nor a warm cache from an earlier run can hide a compile
-problem. The script writes one JSON record per variant; the tests below only read them.
+LLVM, PTX, ptxas to cubin) without a driver. The compile runs in a subprocess started from a module
+fixture: this file run as a script, without ``TRITON_INTERPRET`` and with a private Triton cache, so
+neither the interpreter tests nor a warm cache from an earlier run can hide a compile problem. The
+script compiles in a process pool (one worker per core) and writes one JSON record per variant; the
+tests below only read them.
 
 Launch configurations come from the backend's own ``_config`` (the block size and warps a bucket of
 that length really gets); pointers and ``n`` carry the divisibility-16 hint that padded, 128-element
-aligned buckets give the JIT.
+aligned buckets give the JIT (``n_valid`` is never specialized). The signatures are the JIT's: unused
+pointer arguments get the tensor the wrapper passes in their place.
+
+Runs against any Triton from 3.6 on (the pinned version and the newest one: ``make compat``).
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,60 +30,128 @@ import pytest
 
 TARGETS = (80, 90)
 STORAGE = {"fp32": 4, "bf16": 2, "fp16": 2}  # Triton type name -> bytes
-N_LONG = 1 << 20   # any long bucket: the largest block
-N_SHORT = 128      # the smallest bucket: the smallest block
+N_LONG = 1 << 20  # any long bucket: the largest block
+N_SHORT = 128  # the smallest bucket: the smallest block
+N_HUGE = 1 << 31  # beyond int32: an int64 length, still vectorized
 VEC = r"\.(v4\.[bfu]32|v2\.[bfu]64)\b"  # a 128-bit access
+ATOMIC = r"\b(atom|red)\.global"
+
+# The main update (docs/design.md): later momentum step, mask on, no adaptive, no tracking, the gradient
+# buffers zeroed (first_step(zero_grad=True)): 4 vector loads (g, g_sgd, w, buf) and 4 vector stores
+# (w, buf, zero g, zero g_sgd) per element vector.
+MAIN_UPDATE = dict(
+    ADAPTIVE=False,
+    HAS_MOMENTUM=True,
+    NESTEROV=False,
+    FIRST_MOMENTUM_STEP=False,
+    USE_MASK=True,
+    TRACK_GROUPS=False,
+    ZERO_GRADS=True,
+)
+MAIN_UPDATES = (MAIN_UPDATE, dict(MAIN_UPDATE, ZERO_GRADS=False))
+MAIN_PERTURB = dict(ADAPTIVE=False, COPY_G=False)  # first_step(zero_grad=True): 2 loads, 1 store
 
 
 # --------------------------------------------------------------------------- variants
 def _update_switches():
     """Every distinct constexpr combination of the update kernel (nesterov/first step need momentum)."""
-    momentum_modes = [(False, False, False)] + [(True, nesterov, first)
-                                                for nesterov, first in itertools.product((False, True), repeat=2)]
-    for adaptive, (has_m, nesterov, first), use_mask, track in itertools.product(
-            (False, True), momentum_modes, (False, True), (False, True)):
-        yield dict(ADAPTIVE=adaptive, HAS_MOMENTUM=has_m, NESTEROV=nesterov, FIRST_MOMENTUM_STEP=first,
-                   USE_MASK=use_mask, TRACK_GROUPS=track)
+    momentum_modes = [(False, False, False)] + [
+        (True, nesterov, first) for nesterov, first in itertools.product((False, True), repeat=2)
+    ]
+    for adaptive, (has_m, nesterov, first), use_mask, track, zero in itertools.product(
+        (False, True), momentum_modes, (False, True), (False, True), (False, True)
+    ):
+        yield dict(
+            ADAPTIVE=adaptive,
+            HAS_MOMENTUM=has_m,
+            NESTEROV=nesterov,
+            FIRST_MOMENTUM_STEP=first,
+            USE_MASK=use_mask,
+            TRACK_GROUPS=track,
+            ZERO_GRADS=zero,
+        )
 
 
 def variants(arch: int):
     """(kernel name, storage type, constexprs, n): every variant at a long bucket, plus short/int64 ones.
 
-    sm_90 gets every switch combination in every dtype; sm_80 every combination in fp32 and the
-    16-bit dtypes on the norm, the perturbation and the main update only (the switches do not
+    sm_90 gets every switch combination in every dtype; sm_80 every combination in fp32, and the 16-bit
+    dtypes on the norm, the perturbation, the restore and the main updates only (the switches do not
     change what the 16-bit conversions lower to, and the compile time adds up).
     """
     for dtype in STORAGE:
         for adaptive in (False, True):
             yield "norm", dtype, dict(ADAPTIVE=adaptive), N_LONG
-            yield "perturb", dtype, dict(ADAPTIVE=adaptive), N_LONG
+            yield "restore", dtype, dict(ADAPTIVE=adaptive), N_LONG
+            for copy_g in (False, True):
+                yield "perturb", dtype, dict(ADAPTIVE=adaptive, COPY_G=copy_g), N_LONG
         for switches in _update_switches():
-            if arch == 90 or dtype == "fp32" or switches == MAIN_UPDATE:
+            if arch == 90 or dtype == "fp32" or switches in MAIN_UPDATES:
                 yield "update", dtype, switches, N_LONG
+    yield "norm_sum", "fp32", {}, N_LONG
     yield "update", "fp32", MAIN_UPDATE, N_SHORT
-    yield "update", "fp32", MAIN_UPDATE, 1 << 31  # n > int32: int64 length, still vectorized
+    yield "update", "fp32", MAIN_UPDATE, N_HUGE
+    yield "perturb", "fp32", MAIN_PERTURB, N_HUGE
+    yield "norm", "fp32", dict(ADAPTIVE=False), N_HUGE
 
 
-# The DESIGN.md section 3 update: later momentum step, mask on, no adaptive, no tracking: 4 loads, 2 stores.
-MAIN_UPDATE = dict(ADAPTIVE=False, HAS_MOMENTUM=True, NESTEROV=False, FIRST_MOMENTUM_STEP=False,
-                   USE_MASK=True, TRACK_GROUPS=False)
-
-
-def expected_accesses(kernel: str, c: dict) -> tuple[int, int, int, int]:
-    """(vector tensors loaded, vector tensors stored, scalar loads, scalar stores) per variant."""
+def expected_accesses(kernel: str, c: dict) -> tuple[int, int, int, int, int]:
+    """(vector tensors loaded, vector tensors stored, scalar loads, scalar stores, atomics) per variant."""
     if kernel == "norm":
-        return 1 + c["ADAPTIVE"], 0, 0, 1                      # g (w); one partial sum
+        return 1 + c["ADAPTIVE"], 0, 0, 1, 0  # g (w); one partial sum
+    if kernel == "norm_sum":
+        return 1, 0, 0, 1, 0  # the partials (per loop iteration); the result
     if kernel == "perturb":
-        return 2, 2 + c["ADAPTIVE"], 1, 0                      # w, g; w, g_sgd (e); the scale
+        return 2, 1 + c["ADAPTIVE"] + c["COPY_G"], 2, 0, 0  # w, g; w (e) (g_sgd); scale and skip
+    if kernel == "restore":
+        return 2, 1, 2 - c["ADAPTIVE"], 0, 0  # w, e or g_sgd; w; skip (scale)
     # g, w, (g_sgd: for e, or for the groups) (e) (buf); adaptive SAM without groups never reads g_sgd
     needs_g_sgd = not c["ADAPTIVE"] or c["USE_MASK"] or c["TRACK_GROUPS"]
     loads = 2 + needs_g_sgd + c["ADAPTIVE"] + (c["HAS_MOMENTUM"] and not c["FIRST_MOMENTUM_STEP"])
-    stores = 1 + c["HAS_MOMENTUM"]                             # w (buf)
-    return loads, stores, 1, 3 * c["TRACK_GROUPS"]             # the scale; A/B/C counts
+    stores = 1 + c["HAS_MOMENTUM"] + 2 * c["ZERO_GRADS"]  # w (buf) (zero g, zero g_sgd)
+    scalar_loads = 2 - c["ADAPTIVE"]  # skip (scale: the recomputed e)
+    return loads, stores, scalar_loads, 0, 3 * c["TRACK_GROUPS"]  # A/B/C counts: integer atomics
 
 
 # --------------------------------------------------------------------------- the compile (subprocess)
-def _compile_all(out_path: str) -> None:
+def _kernels():
+    from saner_kernels.ops import triton as T
+
+    return {
+        "norm": (T._sq_norm_kernel, T._GPU_NORM_BLOCK),
+        "norm_sum": (T._sum_partials_kernel, None),
+        "perturb": (T._perturb_kernel, T._GPU_BLOCK),
+        "update": (T._update_kernel, T._GPU_BLOCK),
+        "restore": (T._restore_kernel, T._GPU_BLOCK),
+    }
+
+
+def _pointer_type(kernel: str, arg: str, dtype: str, switches: dict) -> str:
+    """The JIT's pointer type: float32 scalars, int64 stats (``scale`` stands in when there are none)."""
+    if arg in ("scale_ptr", "skip_ptr", "partial_ptr", "out_ptr"):
+        return "*fp32"
+    if arg == "stats_ptr":
+        return "*i64" if switches["TRACK_GROUPS"] else "*fp32"
+    return "*" + dtype
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """Registers, stack and local memory from cuobjdump (Triton ships it; else one on PATH)."""
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        tool = shutil.which("cuobjdump")
+    if tool is None:
+        raise RuntimeError("no cuobjdump: neither in triton/backends/nvidia/bin nor on PATH")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True)
+    return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", usage.stdout)}
+
+
+def _compile_one(job: tuple) -> dict:
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -85,48 +159,59 @@ def _compile_all(out_path: str) -> None:
 
     from saner_kernels.ops import triton as T
 
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    kernels = {"norm": (T._sq_norm_kernel, T._GPU_NORM_BLOCK), "perturb": (T._perturb_kernel, T._GPU_BLOCK),
-               "update": (T._update_kernel, T._GPU_BLOCK)}
-    records = []
-    for arch in TARGETS:
-        for name, dtype, switches, n in variants(arch):
-            kernel, gpu_block = kernels[name]
-            fn = kernel.jit
-            block, num_warps, _ = T._config(n, torch.device("cuda"), gpu_block)
-            constexprs = dict(switches, BLOCK=block)
-            if name != "norm":
-                constexprs["RNE_BY_HAND"] = False
-            signature, attrs = {}, {}
-            for i, arg in enumerate(fn.arg_names):
-                if arg in constexprs:
-                    signature[arg] = "constexpr"
-                    continue
-                if arg.endswith("_ptr"):
-                    signature[arg] = {"scale_ptr": "*fp32", "partial_ptr": "*fp32",
-                                      "counts_ptr": "*i32"}.get(arg, "*" + dtype)
-                elif arg == "n":
-                    signature[arg] = "i32" if n < 2 ** 31 else "i64"
-                else:
-                    signature[arg] = "fp32"
-                if arg.endswith("_ptr") or arg == "n":
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-                                      target=GPUTarget("cuda", arch, 32),
-                                      options=dict(num_warps=num_warps, enable_fp_fusion=False))
-            ptx = compiled.asm["ptx"]
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(compiled.asm["cubin"])
-                f.flush()
-                usage = subprocess.run([os.path.join(bin_dir, "cuobjdump"), "--dump-resource-usage", f.name],
-                                       capture_output=True, text=True, check=True).stdout
-            resources = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", usage)}
-            records.append(dict(
-                arch=arch, kernel=name, dtype=dtype, switches=switches, n=n, block=block, num_warps=num_warps,
-                ld_vec=len(re.findall(r"ld\.global(\.\w+)*" + VEC, ptx)),
-                st_vec=len(re.findall(r"st\.global(\.\w+)*" + VEC, ptx)),
-                ld_all=len(re.findall(r"\bld\.global", ptx)), st_all=len(re.findall(r"\bst\.global", ptx)),
-                local=len(re.findall(r"\b(ld|st)\.local", ptx)), **resources))
+    arch, name, dtype, switches, n = job
+    fn, gpu_block = _kernels()[name]
+    if name == "norm_sum":
+        block, num_warps = T._SUM_BLOCK, T._SUM_WARPS
+    else:
+        block, num_warps, _ = T._config(n, torch.device("cuda"), gpu_block)
+    constexprs = dict(switches, BLOCK=block)
+    int_type = "i32" if n < 2**31 else "i64"
+    signature, attrs = {}, {}
+    for i, arg in enumerate(fn.arg_names):
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+            continue
+        if arg.endswith("_ptr"):
+            signature[arg] = _pointer_type(name, arg, dtype, switches)
+        elif arg in ("n", "n_valid", "n_partials"):
+            signature[arg] = int_type if arg != "n_partials" else "i32"
+        else:
+            signature[arg] = "fp32"
+        if arg.endswith("_ptr") or arg in ("n", "n_partials"):  # n_partials: padded to a multiple of 16
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    compiled = triton.compile(
+        ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+        target=GPUTarget("cuda", arch, 32),
+        options=dict(num_warps=num_warps, enable_fp_fusion=False),
+    )
+    ptx = compiled.asm["ptx"]
+    return dict(
+        arch=arch,
+        kernel=name,
+        dtype=dtype,
+        switches=switches,
+        n=n,
+        block=block,
+        num_warps=num_warps,
+        triton=triton.__version__,
+        ld_vec=len(re.findall(r"ld\.global(\.\w+)*" + VEC, ptx)),
+        st_vec=len(re.findall(r"st\.global(\.\w+)*" + VEC, ptx)),
+        ld_all=len(re.findall(r"\bld\.global", ptx)),
+        st_all=len(re.findall(r"\bst\.global", ptx)),
+        atomics=len(re.findall(ATOMIC, ptx)),
+        local=len(re.findall(r"\b(ld|st)\.local", ptx)),
+        fma=len(re.findall(r"\bfma\.rn\.f32", ptx)),
+        **_resource_usage(compiled.asm["cubin"]),
+    )
+
+
+def _compile_all(out_path: str) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(arch, *v) for arch in TARGETS for v in variants(arch)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        records = list(pool.map(_compile_one, jobs, chunksize=4))
     with open(out_path, "w") as f:
         json.dump(records, f)
 
@@ -138,54 +223,103 @@ def records(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton-cache"))
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(out)], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), str(out)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, f"ahead-of-time compile failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
     return json.loads(out.read_text())
 
 
 # --------------------------------------------------------------------------- checks
+def _vectors_per_thread(r: dict) -> int:
+    """128-bit vectors per thread for one bucket tensor of the variant's block."""
+    return r["block"] * STORAGE[r["dtype"]] // (r["num_warps"] * 32 * 16)
+
+
+def _describe(r: dict) -> str:
+    on = [k for k, v in r["switches"].items() if v is True]
+    return f"sm_{r['arch']} {r['kernel']:8s} {r['dtype']} n={r['n']} [{' '.join(on) or '-'}]"
+
+
 def test_every_variant_compiled(records):
     assert len(records) == sum(len(list(variants(arch))) for arch in TARGETS)
+    print(f"{len(records)} variants compiled with Triton {records[0]['triton']}")
 
 
 def test_no_local_memory(records):
-    spills = [r for r in records if r["local"] or r.get("LOCAL") or r.get("STACK")]
-    assert not spills, f"local memory / stack use: {spills}"
+    spills = [_describe(r) for r in records if r["local"] or r.get("LOCAL") or r.get("STACK")]
+    assert not spills, "local memory / stack use:\n" + "\n".join(spills)
 
 
 def test_only_128_bit_tensor_accesses(records):
-    """Each bucket tensor moves in 128-bit accesses, the expected number of them per thread."""
+    """Each bucket tensor moves in 128-bit accesses, the expected number of them per thread; the scalars
+    (scale, skip; partial sums) are the only other accesses, group counts are integer atomics."""
     bad = []
     for r in records:
-        loads, stores, scalar_loads, scalar_stores = expected_accesses(r["kernel"], r["switches"])
-        per_tensor = r["block"] * STORAGE[r["dtype"]] // (r["num_warps"] * 32 * 16)  # 128-bit vectors per thread
-        got = (r["ld_vec"], r["st_vec"], r["ld_all"] - r["ld_vec"], r["st_all"] - r["st_vec"])
-        want = (loads * per_tensor, stores * per_tensor, scalar_loads, scalar_stores)
+        loads, stores, scalar_loads, scalar_stores, atomics = expected_accesses(r["kernel"], r["switches"])
+        per_tensor = _vectors_per_thread(r)
+        got = (r["ld_vec"], r["st_vec"], r["ld_all"] - r["ld_vec"], r["st_all"] - r["st_vec"], r["atomics"])
+        want = (loads * per_tensor, stores * per_tensor, scalar_loads, scalar_stores, atomics)
         if got != want:
-            bad.append((r["arch"], r["kernel"], r["dtype"], r["n"], r["switches"], got, want))
-    assert not bad, "(vector loads, vector stores, other loads, other stores) differ:\n" + "\n".join(map(str, bad))
+            bad.append(f"{_describe(r)}: got {got}, want {want}")
+    assert not bad, "(vector loads, vector stores, other loads, other stores, atomics) differ:\n" + "\n".join(bad)
 
 
-def test_fp32_update_ptx(records):
-    """DESIGN.md section 3 for fp32: 4 vector loads and 2 vector stores per element vector, no local memory."""
-    main = [r for r in records if r["kernel"] == "update" and r["dtype"] == "fp32" and r["switches"] == MAIN_UPDATE]
-    assert len(main) == 3 * len(TARGETS)
-    for r in main:
-        per_tensor = r["block"] * 4 // (r["num_warps"] * 32 * 16)
-        assert r["ld_vec"] == 4 * per_tensor and r["st_vec"] == 2 * per_tensor, r
-        assert r["ld_all"] == r["ld_vec"] + 1 and r["st_all"] == r["st_vec"], r  # + the scale
+def test_main_variants_ptx(records):
+    """The fp32 main update: 4 vector loads and 4 vector stores per element vector; the perturbation without
+    the g_sgd copy: 2 and 1; no local memory. Prints the counts and registers per main variant."""
+    mains = [
+        r
+        for r in records
+        if (r["kernel"] == "update" and r["switches"] in MAIN_UPDATES)
+        or (r["kernel"] == "perturb" and r["switches"] == MAIN_PERTURB)
+        or (r["kernel"] in ("norm", "norm_sum", "restore") and not r["switches"].get("ADAPTIVE"))
+    ]
+    main_fp32 = [r for r in mains if r["kernel"] == "update" and r["dtype"] == "fp32" and r["switches"] == MAIN_UPDATE]
+    assert len(main_fp32) == 3 * len(TARGETS)  # the long, short and int64 buckets
+    for r in main_fp32:
+        per_tensor = _vectors_per_thread(r)
+        assert (r["ld_vec"], r["st_vec"]) == (4 * per_tensor, 4 * per_tensor), r
         assert r["local"] == 0 and r["LOCAL"] == 0, r
-        print(f"sm_{r['arch']} fp32 update_ n={r['n']} BLOCK={r['block']} warps={r['num_warps']}: "
-              f"{r['REG']} registers, {r['ld_vec']} ld.global.v4 / {r['st_vec']} st.global.v4 per thread")
+    for r in mains:
+        if r["kernel"] == "perturb" and r["dtype"] == "fp32":
+            per_tensor = _vectors_per_thread(r)
+            assert (r["ld_vec"], r["st_vec"]) == (2 * per_tensor, per_tensor), r
+        per_tensor = _vectors_per_thread(r)
+        print(
+            f"{_describe(r)} BLOCK={r['block']} warps={r['num_warps']}: {r['REG']} registers, "
+            f"{r['ld_vec'] // per_tensor} vector loads / {r['st_vec'] // per_tensor} vector stores per element "
+            f"vector ({r['ld_vec']} ld.global.v4 / {r['st_vec']} st.global.v4 per thread), {r['fma']} fma"
+        )
+
+
+def test_explicit_fma_only(records):
+    """Contraction is off (enable_fp_fusion=False): the only fma are the explicit tl.fma of torch's SGD steps
+    (weight decay, momentum, nesterov, the step), one per element and step."""
+    bad = []
+    for r in records:
+        c = r["switches"]
+        per_thread = r["block"] // (r["num_warps"] * 32)
+        if r["kernel"] != "update":
+            want = 0
+        else:
+            momentum = c["HAS_MOMENTUM"] and not c["FIRST_MOMENTUM_STEP"]
+            want = (1 + momentum + c["NESTEROV"] + 1) * per_thread  # decay (momentum) (nesterov) step
+        if r["fma"] != want:
+            bad.append(f"{_describe(r)}: {r['fma']} fma.rn.f32, want {want}")
+    assert not bad, "\n".join(bad)
 
 
 def test_register_counts(records):
     """Print the register use of every variant; elementwise kernels should stay far below spilling."""
+    for r in sorted(records, key=lambda r: -r["REG"])[:10]:
+        print(f"{_describe(r)}: {r['REG']} registers")
     worst = max(records, key=lambda r: r["REG"])
-    for r in records:
-        if r["n"] == N_LONG:
-            print(f"sm_{r['arch']} {r['kernel']:7s} {r['dtype']} {r['switches']}: {r['REG']} registers")
     assert worst["REG"] <= 128, worst
 
 

@@ -1,134 +1,58 @@
-"""Triton backend: the three kernel-contract ops (see ``reference.py``) as one-pass fused kernels.
+"""Triton backend: the kernel-contract ops (v2, see ``reference.py``) as one-pass fused kernels.
 
-Each op is one launch over the flat bucket plus, for the reductions, a torch sum of a small
-per-block tensor (fixed order: deterministic, no float atomics). Math is fp32 whatever the storage
-dtype (fp32, bf16, fp16); offsets are int64; the 0-dim ``scale`` is read inside the kernels, so a
-step never syncs with the host. A non-finite ``scale`` folds into the load/store mask: nothing is
-read or written (and no group counts are made).
+``perturb_``, ``update_`` and ``restore_`` are one launch each over the flat bucket; ``grad_sq_norm`` is
+a per-block pass plus, for more than one block, a one-program second pass over the block sums (fixed
+order, see ``_sum_partials_kernel``). Math is fp32 whatever the storage dtype (fp32, bf16, fp16);
+offsets are int64. The 0-dim ``scale`` and ``skip`` tensors are read inside the kernels, so a step
+never syncs with the host. A nonzero ``skip`` folds into the load/store bound: nothing is read or
+written and no group is counted; only the zero stores that ``zero_grads`` asks for still happen.
 
 Feature switches are ``tl.constexpr`` (one compiled variant each); lr, momentum, dampening, weight
-decay, alpha and eps are runtime fp32 arguments, so schedules never recompile.
+decay, alpha and eps are runtime fp32 arguments, so schedules never recompile. ``weight_decay == 0``
+skips the decay term with a runtime branch (no ``0 * w``: an infinite weight stays infinite, -0 stays
+-0).
 
-CUDA tensors run the compiled kernels; CPU tensors run Triton's interpreter, allowed only under
-``TRITON_INTERPRET=1`` (read at call time). ``@triton.jit`` would pick compiled *or* interpreted
-once, from the environment at import time, so whichever module imported this file first would
-decide for the whole process; ``_Kernel`` keeps both and chooses per launch by device instead.
-(Triton's own library functions such as ``tl.sum`` are decided when *triton* is imported; the
-kernels avoid them. A process that imports triton under ``TRITON_INTERPRET=1`` is an interpreter
-process for Triton as a whole, and only the CPU path is expected to work there.)
+The kernels are plain ``@triton.jit`` functions. Triton decides when this module is imported whether
+they are compiled (CUDA tensors) or run by its interpreter (CPU tensors, when ``TRITON_INTERPRET=1``
+was set before triton was imported); ``is_available`` tells which devices the process can run.
 
-Rounding: GPUs store fp32 -> bf16/fp16 with round-to-nearest-even (``cvt.rn``). The interpreter
-truncates fp32 -> bf16, so interpreted bf16 launches round by hand (``RNE_BY_HAND``, a constexpr
-that is never set for the compiled kernels): interpreter tests then see the same rounding as torch.
+Rounding: stores to bf16/fp16 round to nearest even on the GPU (``cvt.rn``). The interpreter
+truncates fp32 -> bf16; the tests allow for that (``contract_cases.tolerances(..., interpreter=True)``).
 
 Floating-point contraction is disabled at launch (``enable_fp_fusion=False``), so products round as
 in eager torch (``e = g_sgd * s`` recomputed in the update is the very product the perturbation
 added); the ``x.add(y, alpha=a)`` steps of ``torch.optim.SGD`` (weight decay, momentum, nesterov, the
 step itself), which torch evaluates as a fused multiply-add, are explicit ``tl.fma``. (The
 interpreter's fma rounds twice: one ulp, within the tests' tolerances.)
+
+Group counts are exact integers: per-block int32 counts, added to the int64 ``stats`` with integer
+atomics (exact in any order, so deterministic).
 """
+
 from __future__ import annotations
 
-import os
-import types
 from typing import Optional
 
 import torch
-from torch import Tensor
-
 import triton
 import triton.language as tl
-from triton.runtime.jit import JITFunction
+from torch import Tensor
+
+from .hyper import UpdateHyper
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def is_available(device: torch.device) -> tuple[bool, str]:
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            return False, "CUDA is not available"
-        return True, ""
-    if device.type == "cpu":
-        if _interpreting():
-            return True, ""
-        return False, "Triton runs CPU tensors only under TRITON_INTERPRET=1 (the interpreter)"
-    return False, f"Triton has no backend for {device.type} tensors"
-
-
-# --------------------------------------------------------------------------- compiled + interpreted
-_DEVICE_FNS: dict[str, types.FunctionType] = {}
-
-
-def _device_fn(fn):
-    """A ``@triton.jit`` helper, compiled whatever TRITON_INTERPRET says (see the module docstring)."""
-    _DEVICE_FNS[fn.__name__] = fn
-    return JITFunction(fn)
-
-
-class _Kernel:
-    """A kernel's compiled form (``.jit``, CUDA) and, built on first use, its interpreted form (CPU)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.jit = JITFunction(fn)
-        self._interpreted = None
-
-    def interpreted(self):
-        if self._interpreted is None:
-            from triton.runtime.interpreter import InterpretedFunction
-
-            # The interpreter runs the kernel source with the function's globals: give it globals in
-            # which the helpers are interpreted too (the module's own names stay the compiled ones).
-            scope = dict(self.fn.__globals__)
-
-            def rebind(f):
-                return types.FunctionType(f.__code__, scope, f.__name__, f.__defaults__, f.__closure__)
-
-            scope.update({name: InterpretedFunction(rebind(f)) for name, f in _DEVICE_FNS.items()})
-            self._interpreted = InterpretedFunction(rebind(self.fn))
-        return self._interpreted
-
-    def launch(self, device: torch.device, grid: tuple[int], num_warps: int, *args, **constexprs) -> None:
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                self.jit[grid](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
-        elif device.type == "cpu" and _interpreting():
-            self.interpreted()[grid](*args, **constexprs)
-        else:
-            raise RuntimeError(f"the Triton backend cannot run {device.type} tensors here: "
-                               f"{is_available(device)[1]}")
-
-
 # --------------------------------------------------------------------------- kernels
-# tl.sum is itself a @triton.jit function, compiled or interpreted depending on TRITON_INTERPRET when
-# *triton* was imported; reducing with its combine function through the builtin tl.reduce works
-# either way, and the interpreter recognises that combine function and sums with numpy.
-@_device_fn
-def _block_sum(x):
-    return tl.reduce(x, 0, tl.standard._sum_combine)
+@triton.jit
+def _bound(n, skip_ptr):
+    """The load/store bound: ``n``, or 0 when the step is skipped (a scalar select keeps ``n``'s
+    divisibility, so masks built on it still vectorize)."""
+    return tl.where(tl.load(skip_ptr) == 0, n, 0)
 
 
-@_device_fn
-def _to_storage(x, dtype: tl.constexpr, RNE_BY_HAND: tl.constexpr):
-    """fp32 -> storage dtype, rounding to nearest even."""
-    if RNE_BY_HAND:
-        # Interpreter only (it truncates fp32 -> bf16): add half an ulp minus one, plus the lowest
-        # kept bit (ties to even), then drop the low 16 bits. NaN keeps its plain (quiet) cast.
-        bits = x.to(tl.int32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        y = (bits >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
-        return tl.where(x != x, x.to(tl.bfloat16), y)
-    else:
-        return x.to(dtype)
-
-
-@_Kernel
+@triton.jit
 def _sq_norm_kernel(g_ptr, w_ptr, partial_ptr, n, BLOCK: tl.constexpr, ADAPTIVE: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -136,47 +60,104 @@ def _sq_norm_kernel(g_ptr, w_ptr, partial_ptr, n, BLOCK: tl.constexpr, ADAPTIVE:
     x = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if ADAPTIVE:
         x = tl.abs(tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)) * x
-    tl.store(partial_ptr + pid, _block_sum(x * x))
+    tl.store(partial_ptr + pid, tl.sum(x * x))
 
 
-@_Kernel
-def _perturb_kernel(w_ptr, g_ptr, g_sgd_ptr, e_ptr, scale_ptr, n,
-                    BLOCK: tl.constexpr, ADAPTIVE: tl.constexpr, RNE_BY_HAND: tl.constexpr):
-    s = tl.load(scale_ptr).to(tl.float32)
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    # A non-finite scale skips the step: a zero limit masks off every load and store. (A scalar
-    # select keeps the mask's divisibility for vectorization, and the interpreter cannot `&` a
-    # scalar into a block.)
-    mask = offs < tl.where(tl.abs(s) < float("inf"), n, 0)
+@triton.jit
+def _sum_partials_kernel(partial_ptr, out_ptr, n_partials, BLOCK: tl.constexpr):
+    """The norm's second stage, one program: a fixed-order sum of the per-block partials, in fp64.
+
+    Partial ``j`` always goes to lane ``j % BLOCK`` at loop iteration ``j // BLOCK`` (index order),
+    and the final ``tl.sum`` reduces the BLOCK lanes of this one program along a tree fixed by BLOCK
+    and num_warps, both constants. So the order of every addition depends on ``n`` only: not on the
+    GPU's SM count, not on scheduling (no atomics, one program), unlike ``torch.sum`` over the
+    partials, whose reduction strategy for long inputs depends on the device it runs on. (fp64: a lane
+    adds up to n / 4M partials in a row; one rounding to fp32 at the end.)
+    """
+    lanes = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), dtype=tl.float64)
+    start = 0
+    while start < n_partials:  # (a while loop: the interpreter cannot take a runtime bound in range())
+        idx = start + lanes
+        acc += tl.load(partial_ptr + idx, mask=idx < n_partials, other=0.0).to(tl.float64)
+        start += BLOCK
+    tl.store(out_ptr, tl.sum(acc).to(tl.float32))
+
+
+@triton.jit
+def _perturb_kernel(
+    w_ptr,
+    g_ptr,
+    g_sgd_ptr,
+    e_ptr,
+    scale_ptr,
+    skip_ptr,
+    n,
+    BLOCK: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    COPY_G: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < _bound(n, skip_ptr)
+    s = tl.load(scale_ptr)
     g_raw = tl.load(g_ptr + offs, mask=mask)
     w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
     g = g_raw.to(tl.float32)
     if ADAPTIVE:
         e = w * w * g * s
-        tl.store(e_ptr + offs, _to_storage(e, e_ptr.dtype.element_ty, RNE_BY_HAND), mask=mask)
+        tl.store(e_ptr + offs, e.to(e_ptr.dtype.element_ty), mask=mask)
     else:
         e = g * s
-    tl.store(g_sgd_ptr + offs, g_raw, mask=mask)  # bit copy: g_sgd keeps the storage value
-    tl.store(w_ptr + offs, _to_storage(w + e, w_ptr.dtype.element_ty, RNE_BY_HAND), mask=mask)
+    if COPY_G:
+        tl.store(g_sgd_ptr + offs, g_raw, mask=mask)  # a bit copy: g_sgd keeps the storage value
+    tl.store(w_ptr + offs, (w + e).to(w_ptr.dtype.element_ty), mask=mask)
 
 
-@_Kernel
-def _update_kernel(w_ptr, g_ptr, g_sgd_ptr, buf_ptr, e_ptr, scale_ptr, counts_ptr, n,
-                   lr, momentum, one_minus_dampening, weight_decay, alpha, eps,
-                   BLOCK: tl.constexpr, ADAPTIVE: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
-                   NESTEROV: tl.constexpr, FIRST_MOMENTUM_STEP: tl.constexpr, USE_MASK: tl.constexpr,
-                   TRACK_GROUPS: tl.constexpr, RNE_BY_HAND: tl.constexpr):
-    s = tl.load(scale_ptr).to(tl.float32)
+@triton.jit(do_not_specialize=["n_valid"])
+def _update_kernel(
+    w_ptr,
+    g_ptr,
+    g_sgd_ptr,
+    buf_ptr,
+    e_ptr,
+    scale_ptr,
+    skip_ptr,
+    stats_ptr,
+    n,
+    n_valid,
+    lr,
+    momentum,
+    one_minus_dampening,
+    weight_decay,
+    alpha,
+    eps,
+    BLOCK: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    HAS_MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    FIRST_MOMENTUM_STEP: tl.constexpr,
+    USE_MASK: tl.constexpr,
+    TRACK_GROUPS: tl.constexpr,
+    ZERO_GRADS: tl.constexpr,
+):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < tl.where(tl.abs(s) < float("inf"), n, 0)  # non-finite scale: skip, as in perturb
+    keep = tl.load(skip_ptr) == 0
+    mask = offs < tl.where(keep, n, 0)  # a skipped step reads and writes nothing (but the zeroing)
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
-    g_sgd = tl.load(g_sgd_ptr + offs, mask=mask).to(tl.float32)
+    if not ADAPTIVE or USE_MASK or TRACK_GROUPS:
+        g_sgd = tl.load(g_sgd_ptr + offs, mask=mask).to(tl.float32)
+    if ZERO_GRADS:
+        # Right after this thread's loads of the same elements (short address live ranges: no spill); on a
+        # skipped step too (the user asked for it).
+        in_bounds = offs < n
+        zeros = tl.zeros((BLOCK,), dtype=g_ptr.dtype.element_ty)
+        tl.store(g_ptr + offs, zeros, mask=in_bounds)
+        tl.store(g_sgd_ptr + offs, zeros, mask=in_bounds)
     if ADAPTIVE:
         e = tl.load(e_ptr + offs, mask=mask).to(tl.float32)
     else:
-        e = g_sgd * s  # the same rounded product perturb_ added
+        e = g_sgd * tl.load(scale_ptr)  # the same rounded product perturb_ added
     w = tl.load(w_ptr + offs, mask=mask).to(tl.float32) - e
 
     d = g
@@ -189,13 +170,17 @@ def _update_kernel(w_ptr, g_ptr, g_sgd_ptr, buf_ptr, e_ptr, scale_ptr, counts_pt
         if USE_MASK:
             d = tl.where(in_b, g * alpha, g)
         if TRACK_GROUPS:
-            n_a = _block_sum((same_sign & ~smaller & mask).to(tl.int32))
-            n_b = _block_sum((in_b & mask).to(tl.int32))
-            n_all = _block_sum(mask.to(tl.int32))
-            tl.store(counts_ptr + pid * 3 + 0, n_a)
-            tl.store(counts_ptr + pid * 3 + 1, n_b)
-            tl.store(counts_ptr + pid * 3 + 2, n_all - n_a - n_b)
-    d = tl.fma(w, weight_decay, d)
+            # Only elements below n_valid count, and none on a skipped step.
+            n_counted = tl.where(keep, n_valid, 0)
+            valid = offs < n_counted
+            n_a = tl.sum((same_sign & ~smaller & valid).to(tl.int32))
+            n_b = tl.sum((in_b & valid).to(tl.int32))
+            n_all = tl.minimum(tl.maximum(n_counted - pid.to(tl.int64) * BLOCK, 0), BLOCK)
+            tl.atomic_add(stats_ptr + 0, n_a.to(tl.int64), sem="relaxed")
+            tl.atomic_add(stats_ptr + 1, n_b.to(tl.int64), sem="relaxed")
+            tl.atomic_add(stats_ptr + 2, n_all.to(tl.int64) - n_a - n_b, sem="relaxed")
+    if weight_decay != 0.0:
+        d = tl.fma(w, weight_decay, d)
 
     if HAS_MOMENTUM:
         if FIRST_MOMENTUM_STEP:
@@ -206,14 +191,47 @@ def _update_kernel(w_ptr, g_ptr, g_sgd_ptr, buf_ptr, e_ptr, scale_ptr, counts_pt
             d = tl.fma(buf, momentum, d)
         else:
             d = buf
-        tl.store(buf_ptr + offs, _to_storage(buf, buf_ptr.dtype.element_ty, RNE_BY_HAND), mask=mask)
-    tl.store(w_ptr + offs, _to_storage(tl.fma(d, -lr, w), w_ptr.dtype.element_ty, RNE_BY_HAND), mask=mask)
+        tl.store(buf_ptr + offs, buf.to(buf_ptr.dtype.element_ty), mask=mask)
+    tl.store(w_ptr + offs, tl.fma(d, -lr, w).to(w_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _restore_kernel(w_ptr, g_sgd_ptr, e_ptr, scale_ptr, skip_ptr, n, BLOCK: tl.constexpr, ADAPTIVE: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < _bound(n, skip_ptr)
+    if ADAPTIVE:
+        e = tl.load(e_ptr + offs, mask=mask).to(tl.float32)
+    else:
+        e = tl.load(g_sgd_ptr + offs, mask=mask).to(tl.float32) * tl.load(scale_ptr)  # as update_ restores
+    w = tl.load(w_ptr + offs, mask=mask).to(tl.float32) - e
+    tl.store(w_ptr + offs, w.to(w_ptr.dtype.element_ty), mask=mask)
+
+
+# Decided by triton.jit when this module was imported (TRITON_INTERPRET=1 then: the interpreter).
+_INTERPRETED = not isinstance(_update_kernel, triton.JITFunction)
+
+
+def is_available(device: torch.device) -> tuple[bool, str]:
+    device = torch.device(device)
+    if device.type == "cuda":
+        if _INTERPRETED:
+            return False, "Triton was imported with TRITON_INTERPRET=1: its interpreter runs CPU tensors only"
+        if not torch.cuda.is_available():
+            return False, "CUDA is not available"
+        return True, ""
+    if device.type == "cpu":
+        if _INTERPRETED:
+            return True, ""
+        return False, "Triton runs CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before importing triton"
+    return False, f"Triton has no backend for {device.type} tensors"
 
 
 # --------------------------------------------------------------------------- launch configuration
-_GPU_BLOCK = 1024       # perturb/update: 8 fp32 per thread at 4 warps = two 128-bit accesses per tensor
+_GPU_BLOCK = 1024  # perturb/update/restore: 8 fp32 per thread at 4 warps = two 128-bit accesses per tensor
 _GPU_NORM_BLOCK = 4096  # fewer partial sums; 16 values per thread at 8 warps
 _INTERPRETER_BLOCK = 1 << 16  # the interpreter pays per program, not per element
+_SUM_BLOCK = 1024  # the norm's second stage: lanes of its one program (fixed: the order depends on n only)
+_SUM_WARPS = 4
 
 
 def _config(n: int, device: torch.device, gpu_block: int) -> tuple[int, int, int]:
@@ -224,40 +242,126 @@ def _config(n: int, device: torch.device, gpu_block: int) -> tuple[int, int, int
     return block, num_warps, triton.cdiv(n, block)
 
 
-def _check(*tensors: Optional[Tensor]) -> None:
-    ref = tensors[0]
+def _launch(kernel, device: torch.device, grid: int, num_warps: int, *args, **constexprs) -> None:
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[(grid,)](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
+    else:
+        kernel[(grid,)](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
+
+
+# --------------------------------------------------------------------------- argument checks
+def _check_flat(**tensors: Optional[Tensor]) -> Tensor:
+    """The bucket tensors: contiguous 1-D, one supported dtype, one device (this process can run), one length."""
+    name0, ref = next(iter(tensors.items()))
+    if not isinstance(ref, Tensor):
+        raise TypeError(f"saner_kernels (triton): {name0} must be a tensor, got {type(ref).__name__}")
     if ref.dtype not in DTYPES:
-        raise TypeError(f"the Triton backend takes {DTYPES}, not {ref.dtype}")
-    for t in tensors:
+        raise TypeError(f"saner_kernels (triton): {name0} has dtype {ref.dtype}; the Triton backend takes {DTYPES}")
+    for name, t in tensors.items():
         if t is None:
             continue
-        if t.dim() != 1 or not t.is_contiguous() or t.numel() != ref.numel():
-            raise ValueError("contract ops take contiguous 1-D tensors of equal length")
-        if t.dtype != ref.dtype or t.device != ref.device:
-            raise ValueError("contract ops take tensors of one dtype on one device")
+        if not isinstance(t, Tensor):
+            raise TypeError(f"saner_kernels (triton): {name} must be a tensor, got {type(t).__name__}")
+        if t.dim() != 1 or not t.is_contiguous():
+            raise ValueError(f"saner_kernels (triton): {name} must be a contiguous 1-D tensor")
+        if t.device != ref.device:
+            raise ValueError(f"saner_kernels (triton): {name} is on {t.device}, expected {ref.device}")
+        if t.dtype != ref.dtype:
+            raise TypeError(f"saner_kernels (triton): {name} has dtype {t.dtype}, expected {ref.dtype}")
+        if t.numel() != ref.numel():
+            raise ValueError(f"saner_kernels (triton): {name} has {t.numel()} elements, expected {ref.numel()}")
+    ok, reason = is_available(ref.device)
+    if not ok:
+        raise RuntimeError(f"saner_kernels (triton): cannot run {ref.device} tensors here: {reason}")
+    return ref
 
 
-def _rne_by_hand(t: Tensor) -> bool:
-    return t.device.type != "cuda" and t.dtype == torch.bfloat16
+def _check_flag(name: str, t, device: torch.device) -> None:
+    """``scale`` and ``skip``: one float32 value on the bucket's device, read by the kernels."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"saner_kernels (triton): {name} must be a 0-dim float32 tensor, got {type(t).__name__}")
+    if t.numel() != 1 or t.dtype != torch.float32 or t.device != device:
+        raise ValueError(
+            f"saner_kernels (triton): {name} must be a 0-dim float32 tensor on {device}, "
+            f"got {t.dtype} of shape {tuple(t.shape)} on {t.device}"
+        )
+
+
+def _check_stats(stats, device: torch.device) -> None:
+    if not isinstance(stats, Tensor):
+        raise TypeError(f"saner_kernels (triton): stats must be a tensor, got {type(stats).__name__}")
+    if stats.dtype != torch.int64 or stats.numel() != 3 or not stats.is_contiguous() or stats.device != device:
+        raise ValueError(
+            f"saner_kernels (triton): stats must be a contiguous int64 tensor of 3 counters on {device}, "
+            f"got {stats.dtype} of shape {tuple(stats.shape)} on {stats.device}"
+        )
 
 
 # --------------------------------------------------------------------------- the contract ops
 def grad_sq_norm(g: Tensor, w: Optional[Tensor] = None) -> Tensor:
-    _check(g, w)
+    _check_flat(g=g, w=w)
     n = g.numel()
+    out = torch.zeros((), dtype=torch.float32, device=g.device)
+    if n == 0:
+        return out
     block, num_warps, grid = _config(n, g.device, _GPU_NORM_BLOCK)
-    partials = torch.empty(grid, dtype=torch.float32, device=g.device)
-    _sq_norm_kernel.launch(g.device, (grid,), num_warps, g, g if w is None else w, partials, n,
-                           BLOCK=block, ADAPTIVE=w is not None)
-    return partials.sum()  # fixed-order reduction of a fixed-size tensor: deterministic
+    if grid > 1:
+        # Per-block partials, summed by the fixed-order second stage. The grid is rounded up to a multiple
+        # of 16 (the extra programs mask everything off and store 0.0): a partial count divisible by 16
+        # lets the second stage read them in 128-bit vectors.
+        grid = triton.cdiv(grid, 16) * 16
+    # One block: its sum is the result.
+    partials = out if grid == 1 else torch.empty(grid, dtype=torch.float32, device=g.device)
+    _launch(
+        _sq_norm_kernel,
+        g.device,
+        grid,
+        num_warps,
+        g,
+        g if w is None else w,
+        partials,
+        n,
+        BLOCK=block,
+        ADAPTIVE=w is not None,
+    )
+    if grid > 1:
+        _launch(_sum_partials_kernel, g.device, 1, _SUM_WARPS, partials, out, grid, BLOCK=_SUM_BLOCK)
+    return out
 
 
-def perturb_(w: Tensor, g: Tensor, g_sgd: Tensor, scale: Tensor, e: Optional[Tensor] = None) -> None:
-    _check(w, g, g_sgd, e)
+def perturb_(
+    w: Tensor,
+    g: Tensor,
+    scale: Tensor,
+    skip: Tensor,
+    *,
+    e: Optional[Tensor] = None,
+    g_sgd: Optional[Tensor] = None,
+) -> None:
+    _check_flat(w=w, g=g, e=e, g_sgd=g_sgd)
+    _check_flag("scale", scale, w.device)
+    _check_flag("skip", skip, w.device)
     n = w.numel()
+    if n == 0:
+        return
     block, num_warps, grid = _config(n, w.device, _GPU_BLOCK)
-    _perturb_kernel.launch(w.device, (grid,), num_warps, w, g, g_sgd, w if e is None else e, scale, n,
-                           BLOCK=block, ADAPTIVE=e is not None, RNE_BY_HAND=_rne_by_hand(w))
+    _launch(
+        _perturb_kernel,
+        w.device,
+        grid,
+        num_warps,
+        w,
+        g,
+        w if g_sgd is None else g_sgd,
+        w if e is None else e,
+        scale,
+        skip,
+        n,
+        BLOCK=block,
+        ADAPTIVE=e is not None,
+        COPY_G=g_sgd is not None,
+    )
 
 
 def update_(
@@ -266,28 +370,88 @@ def update_(
     g_sgd: Tensor,
     buf: Optional[Tensor],
     scale: Tensor,
+    skip: Tensor,
+    hyper: UpdateHyper,
     *,
     e: Optional[Tensor] = None,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    alpha: float,
-    eps: float,
-    nesterov: bool,
-    first_momentum_step: bool,
+    first_momentum_step: bool = False,
+    zero_grads: bool = False,
     stats: Optional[Tensor] = None,
+    n_valid: Optional[int] = None,
 ) -> None:
-    _check(w, g, g_sgd, buf, e)
-    n = w.numel()
-    block, num_warps, grid = _config(n, w.device, _GPU_BLOCK)
-    counts = torch.empty(grid * 3 if stats is not None else 1, dtype=torch.int32, device=w.device)
-    _update_kernel.launch(
-        w.device, (grid,), num_warps,
-        w, g, g_sgd, w if buf is None else buf, w if e is None else e, scale, counts, n,
-        float(lr), float(momentum), 1.0 - float(dampening), float(weight_decay), float(alpha), float(eps),
-        BLOCK=block, ADAPTIVE=e is not None, HAS_MOMENTUM=buf is not None,
-        NESTEROV=bool(nesterov) and buf is not None, FIRST_MOMENTUM_STEP=bool(first_momentum_step) and buf is not None,
-        USE_MASK=float(alpha) != 1.0, TRACK_GROUPS=stats is not None, RNE_BY_HAND=_rne_by_hand(w))
+    _check_flat(w=w, g=g, g_sgd=g_sgd, buf=buf, e=e)
+    _check_flag("scale", scale, w.device)
+    _check_flag("skip", skip, w.device)
     if stats is not None:
-        stats.add_(counts.view(grid, 3).sum(0))  # int sums: exact in any order
+        _check_stats(stats, w.device)
+    n = w.numel()
+    n_valid = n if n_valid is None else int(n_valid)
+    if not 0 <= n_valid <= n:
+        raise ValueError(f"saner_kernels (triton): n_valid must be in [0, {n}], got {n_valid}")
+    if n == 0:
+        return
+    has_momentum = buf is not None
+    block, num_warps, grid = _config(n, w.device, _GPU_BLOCK)
+    _launch(
+        _update_kernel,
+        w.device,
+        grid,
+        num_warps,
+        w,
+        g,
+        g_sgd,
+        w if buf is None else buf,
+        w if e is None else e,
+        scale,
+        skip,
+        scale if stats is None else stats,
+        n,
+        n_valid,
+        float(hyper.lr),
+        float(hyper.momentum),
+        1.0 - float(hyper.dampening),
+        float(hyper.weight_decay),
+        float(hyper.alpha),
+        float(hyper.eps),
+        BLOCK=block,
+        ADAPTIVE=e is not None,
+        HAS_MOMENTUM=has_momentum,
+        NESTEROV=bool(hyper.nesterov) and has_momentum,
+        FIRST_MOMENTUM_STEP=bool(first_momentum_step) and has_momentum,
+        USE_MASK=float(hyper.alpha) != 1.0,
+        TRACK_GROUPS=stats is not None,
+        ZERO_GRADS=bool(zero_grads),
+    )
+
+
+def restore_(
+    w: Tensor,
+    scale: Tensor,
+    skip: Tensor,
+    *,
+    g_sgd: Optional[Tensor] = None,
+    e: Optional[Tensor] = None,
+) -> None:
+    if g_sgd is None and e is None:
+        raise ValueError("saner_kernels (triton): restore_ needs g_sgd (e = g_sgd * scale) or the stored e")
+    _check_flat(w=w, g_sgd=g_sgd, e=e)
+    _check_flag("scale", scale, w.device)
+    _check_flag("skip", skip, w.device)
+    n = w.numel()
+    if n == 0:
+        return
+    block, num_warps, grid = _config(n, w.device, _GPU_BLOCK)
+    _launch(
+        _restore_kernel,
+        w.device,
+        grid,
+        num_warps,
+        w,
+        w if g_sgd is None else g_sgd,
+        w if e is None else e,
+        scale,
+        skip,
+        n,
+        BLOCK=block,
+        ADAPTIVE=e is not None,
+    )
