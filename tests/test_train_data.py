@@ -1,5 +1,6 @@
 """saner-train data: the CIFAR pickle loaders on tiny files in the real release format, the helpful error
 for a missing folder, digits split, on-device augmentation."""
+
 import os
 import pickle
 
@@ -28,18 +29,32 @@ def write_cifar10(root, n_per_batch=4, n_test=3):
     for i in range(1, 6):
         x = _images(n_per_batch, i)
         y = [(i + j) % 10 for j in range(n_per_batch)]
-        _dump(os.path.join(folder, f"data_batch_{i}"),
-              {b"batch_label": f"training batch {i} of 5".encode(), b"labels": y, b"data": x,
-               b"filenames": [f"img_{i}_{j}.png".encode() for j in range(n_per_batch)]})
+        _dump(
+            os.path.join(folder, f"data_batch_{i}"),
+            {
+                b"batch_label": f"training batch {i} of 5".encode(),
+                b"labels": y,
+                b"data": x,
+                b"filenames": [f"img_{i}_{j}.png".encode() for j in range(n_per_batch)],
+            },
+        )
         expected_x.append(x)
         expected_y += y
     xt = _images(n_test, 99)
-    _dump(os.path.join(folder, "test_batch"),
-          {b"batch_label": b"testing batch 1 of 1", b"labels": [7, 8, 9][:n_test], b"data": xt,
-           b"filenames": [b"t.png"] * n_test})
+    _dump(
+        os.path.join(folder, "test_batch"),
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": [7, 8, 9][:n_test],
+            b"data": xt,
+            b"filenames": [b"t.png"] * n_test,
+        },
+    )
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    _dump(os.path.join(folder, "batches.meta"), {b"num_cases_per_batch": n_per_batch, b"label_names": names,
-                                                 b"num_vis": 3072})
+    _dump(
+        os.path.join(folder, "batches.meta"),
+        {b"num_cases_per_batch": n_per_batch, b"label_names": names, b"num_vis": 3072},
+    )
     return np.concatenate(expected_x), expected_y, xt
 
 
@@ -48,12 +63,33 @@ def write_cifar100(root, n_train=6, n_test=4):
     os.makedirs(folder)
     x, xt = _images(n_train, 1), _images(n_test, 2)
     fine, fine_t = [5, 99, 0, 42, 17, 63][:n_train], [1, 2, 98, 50][:n_test]
-    _dump(os.path.join(folder, "train"), {b"filenames": [b"a.png"] * n_train, b"batch_label": b"training batch 1 of 1",
-                                          b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine], b"data": x})
-    _dump(os.path.join(folder, "test"), {b"filenames": [b"b.png"] * n_test, b"batch_label": b"testing batch 1 of 1",
-                                         b"fine_labels": fine_t, b"coarse_labels": [f // 5 for f in fine_t], b"data": xt})
-    _dump(os.path.join(folder, "meta"), {b"fine_label_names": [f"class{i}".encode() for i in range(100)],
-                                         b"coarse_label_names": [f"super{i}".encode() for i in range(20)]})
+    _dump(
+        os.path.join(folder, "train"),
+        {
+            b"filenames": [b"a.png"] * n_train,
+            b"batch_label": b"training batch 1 of 1",
+            b"fine_labels": fine,
+            b"coarse_labels": [f // 5 for f in fine],
+            b"data": x,
+        },
+    )
+    _dump(
+        os.path.join(folder, "test"),
+        {
+            b"filenames": [b"b.png"] * n_test,
+            b"batch_label": b"testing batch 1 of 1",
+            b"fine_labels": fine_t,
+            b"coarse_labels": [f // 5 for f in fine_t],
+            b"data": xt,
+        },
+    )
+    _dump(
+        os.path.join(folder, "meta"),
+        {
+            b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
+        },
+    )
     return x, fine, xt, fine_t
 
 
@@ -80,8 +116,13 @@ def test_cifar100_loader_fine_labels(tmp_path):
     assert ds.classes[42] == "class42"
 
 
-@pytest.mark.parametrize("name,sub,url", [("cifar10", "cifar-10-batches-py", "cifar-10-python.tar.gz"),
-                                          ("cifar100", "cifar-100-python", "cifar-100-python.tar.gz")])
+@pytest.mark.parametrize(
+    "name,sub,url",
+    [
+        ("cifar10", "cifar-10-batches-py", "cifar-10-python.tar.gz"),
+        ("cifar100", "cifar-100-python", "cifar-100-python.tar.gz"),
+    ],
+)
 def test_missing_folder_helpful_error(tmp_path, name, sub, url):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(DataError) as err:
@@ -92,8 +133,10 @@ def test_missing_folder_helpful_error(tmp_path, name, sub, url):
 
 def test_missing_folder_cli_exit_code(tmp_path, capsys):
     from saner_kernels.train.__main__ import main
-    rc = main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
-               "--no-progress"])
+
+    rc = main(
+        ["--dataset", "cifar10", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"]
+    )
     assert rc == 2
     assert "cifar-10-batches-py" in capsys.readouterr().err
 
@@ -148,7 +191,7 @@ def test_device_batches_augmentation_deterministic_and_shapes(tmp_path):
             s = src[i].flip(2) if flip else src[i]
             for dy in range(9):
                 for dx in range(9):
-                    if torch.allclose(s[:, dy:dy + 32, dx:dx + 32], xb[i]):
+                    if torch.allclose(s[:, dy : dy + 32, dx : dx + 32], xb[i]):
                         found = True
         assert found
     assert pad_value.shape == (1, 3, 1, 1)
@@ -159,20 +202,43 @@ def test_device_batches_augmentation_deterministic_and_shapes(tmp_path):
 
 def test_digits_without_sklearn_says_what_to_install(monkeypatch):
     import sys
+
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(DataError, match="scikit-learn"):
         load_dataset("digits")
 
 
-@pytest.mark.parametrize("dataset,writer,extra", [
-    ("cifar10", write_cifar10, ["--noise", "asym", "--noise-rate", "0.5", "--model", "wrn10-1"]),
-    ("cifar100", write_cifar100, ["--noise", "sym", "--noise-rate", "0.5", "--model", "resnet18", "--epochs", "1"]),
-])
+@pytest.mark.parametrize(
+    "dataset,writer,extra",
+    [
+        ("cifar10", write_cifar10, ["--noise", "asym", "--noise-rate", "0.5", "--model", "wrn10-1"]),
+        ("cifar100", write_cifar100, ["--noise", "sym", "--noise-rate", "0.5", "--model", "resnet18", "--epochs", "1"]),
+    ],
+)
 def test_cli_on_tiny_cifar(tmp_path, capsys, dataset, writer, extra):
     from saner_kernels.train.__main__ import main
+
     writer(str(tmp_path / "data"))
-    rc = main(["--dataset", dataset, "--data-dir", str(tmp_path / "data"), "--optimizer", "saner", "--epochs", "2",
-               "--batch-size", "8", "--threads", "1", "--out", str(tmp_path / "out"), "--no-progress", *extra])
+    rc = main(
+        [
+            "--dataset",
+            dataset,
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--optimizer",
+            "saner",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            *extra,
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "| saner" in out and "realised rate" in out

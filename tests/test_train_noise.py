@@ -1,9 +1,16 @@
 """Label noise of saner-train: exact counts, maps, determinism."""
+
 import pytest
 import torch
 
-from saner_kernels.train.noise import (CIFAR10_ASYM, asym_map, asymmetric, instance_dependent, make_noisy_labels,
-                                       symmetric)
+from saner_kernels.train.noise import (
+    CIFAR10_ASYM,
+    asym_map,
+    asymmetric,
+    instance_dependent,
+    make_noisy_labels,
+    symmetric,
+)
 
 torch.set_num_threads(1)
 
@@ -85,8 +92,14 @@ def test_idn_rate_determinism_and_dependence_on_features():
     assert torch.equal(instance_dependent(x, y, k, 0.0, seed=5), y)
 
 
-@pytest.mark.parametrize("noise,kw", [("sym", {}), ("asym", {"dataset": "cifar10"}),
-                                      ("idn", {"features": torch.randn(500, 12, generator=torch.Generator().manual_seed(1))})])
+@pytest.mark.parametrize(
+    "noise,kw",
+    [
+        ("sym", {}),
+        ("asym", {"dataset": "cifar10"}),
+        ("idn", {"features": torch.randn(500, 12, generator=torch.Generator().manual_seed(1))}),
+    ],
+)
 def test_same_seed_same_labels_other_seed_other_labels(noise, kw):
     y = _labels(50, 10)
     a = make_noisy_labels(y, 10, noise, 0.4, seed=11, **kw)

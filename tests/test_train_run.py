@@ -1,5 +1,6 @@
 """saner-train runs on the digits: a few steps of each optimizer, resume == uninterrupted (bitwise), the
 CLI's compare mode with its table, JSONL and plot, BatchNorm statistics handling."""
+
 import json
 import os
 
@@ -16,8 +17,21 @@ torch.set_num_threads(1)
 
 
 def tiny_config(tmp_path, **kw):
-    base = dict(dataset="digits", model="smallcnn", width=16, epochs=3, k=2, batch_size=128, noise="sym",
-                noise_rate=0.4, augment=False, out=str(tmp_path), groups_every=1, device="cpu", seed=0)
+    base = dict(
+        dataset="digits",
+        model="smallcnn",
+        width=16,
+        epochs=3,
+        k=2,
+        batch_size=128,
+        noise="sym",
+        noise_rate=0.4,
+        augment=False,
+        out=str(tmp_path),
+        groups_every=1,
+        device="cpu",
+        seed=0,
+    )
     base.update(kw)
     return Config(**base)
 
@@ -71,6 +85,7 @@ def test_resume_equals_uninterrupted(tmp_path, digits_data, opt, augment):
     # augmentation shifts 8x8 digits by up to 4 pixels: useless for accuracy, but it exercises the data RNG
     if augment:
         from saner_kernels.train.data import DeviceData
+
         data = DeviceData(ds, data.y_noisy.cpu(), torch.device("cpu"), augment=True)
     quiet = dict(log=lambda s: None, progress=False)
     full = Run(tiny_config(tmp_path / "full", augment=augment), opt, data, ds.num_classes, ds.in_channels, **quiet)
@@ -87,7 +102,10 @@ def test_resume_equals_uninterrupted(tmp_path, digits_data, opt, augment):
     for a, b in zip(full.model.parameters(), resumed.model.parameters()):
         sa, sb = full.opt.state[a], resumed.opt.state[b]
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("time")} for r in h]
+
+    def strip(h):
+        return [{k: v for k, v in r.items() if not k.endswith("time")} for r in h]
+
     assert strip(full.history) == strip(resumed.history)
     log = [json.loads(s) for s in open(tmp_path / "cut" / opt / "log.jsonl")]
     assert [r["epoch"] for r in log[1:]] == [1, 2, 3]
@@ -103,8 +121,24 @@ def test_resume_refuses_other_settings(tmp_path, digits_data):
 
 def test_cli_compare_writes_table_log_plot(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = main(["--compare", "sgd,saner", "--epochs", "1", "--width", "8", "--batch-size", "512", "--out", str(out),
-               "--no-progress", "--quiet", "--device", "cpu"])
+    rc = main(
+        [
+            "--compare",
+            "sgd,saner",
+            "--epochs",
+            "1",
+            "--width",
+            "8",
+            "--batch-size",
+            "512",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "| sgd" in text and "| saner" in text and "noisy fit" in text
@@ -112,6 +146,7 @@ def test_cli_compare_writes_table_log_plot(tmp_path, capsys):
     assert (out / "sgd" / "log.jsonl").exists() and (out / "saner" / "checkpoint.pt").exists()
     try:
         import matplotlib  # noqa: F401
+
         assert (out / "curves.png").stat().st_size > 1000
     except ImportError:
         assert "plot: skipped" in text
@@ -134,7 +169,9 @@ def test_lr_schedule_and_bn_freeze():
 
 def test_plot_skipped_without_matplotlib(tmp_path, monkeypatch):
     import sys
+
     from saner_kernels.train.report import plot_curves
+
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     hist = {"sgd": [{"epoch": 1, "test_acc": 0.5, "noisy_fit_acc": 0.1, "train_clean_acc": 0.6}]}
     assert plot_curves(hist, str(tmp_path / "c.png")) is None

@@ -11,6 +11,7 @@ mean and std, all on the device. The random numbers of the data order and the au
 one CPU ``torch.Generator`` that the caller owns and checkpoints, so a run is reproducible and resumable
 independent of the device.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .device_transforms import normalise, pad_crop_flip
 
 DATASETS = ("digits", "cifar10", "cifar100")
 
@@ -90,8 +92,15 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25) -> Dataset:
     x = np.asarray(bunch.images, dtype=np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
     y = np.asarray(bunch.target, dtype=np.int64)
     tr, te = stratified_split(y, test_fraction, seed)
-    return Dataset("digits", torch.from_numpy(x[tr]), torch.from_numpy(y[tr]),
-                   torch.from_numpy(x[te]), torch.from_numpy(y[te]), 10, [str(i) for i in range(10)])
+    return Dataset(
+        "digits",
+        torch.from_numpy(x[tr]),
+        torch.from_numpy(y[tr]),
+        torch.from_numpy(x[te]),
+        torch.from_numpy(y[te]),
+        10,
+        [str(i) for i in range(10)],
+    )
 
 
 def _unpickle(path: str) -> dict:
@@ -136,8 +145,15 @@ def load_cifar10(data_dir: str) -> Dataset:
         ys.append(torch.as_tensor(np.asarray(d["labels"], dtype=np.int64)))
     t = _unpickle(os.path.join(folder, "test_batch"))
     meta = _unpickle(os.path.join(folder, "batches.meta"))
-    return Dataset("cifar10", torch.cat(xs), torch.cat(ys), _images(t["data"]),
-                   torch.as_tensor(np.asarray(t["labels"], dtype=np.int64)), 10, _names(meta.get("label_names", [])))
+    return Dataset(
+        "cifar10",
+        torch.cat(xs),
+        torch.cat(ys),
+        _images(t["data"]),
+        torch.as_tensor(np.asarray(t["labels"], dtype=np.int64)),
+        10,
+        _names(meta.get("label_names", [])),
+    )
 
 
 def load_cifar100(data_dir: str) -> Dataset:
@@ -145,9 +161,15 @@ def load_cifar100(data_dir: str) -> Dataset:
     tr = _unpickle(os.path.join(folder, "train"))
     te = _unpickle(os.path.join(folder, "test"))
     meta = _unpickle(os.path.join(folder, "meta"))
-    return Dataset("cifar100", _images(tr["data"]), torch.as_tensor(np.asarray(tr["fine_labels"], dtype=np.int64)),
-                   _images(te["data"]), torch.as_tensor(np.asarray(te["fine_labels"], dtype=np.int64)), 100,
-                   _names(meta.get("fine_label_names", [])))
+    return Dataset(
+        "cifar100",
+        _images(tr["data"]),
+        torch.as_tensor(np.asarray(tr["fine_labels"], dtype=np.int64)),
+        _images(te["data"]),
+        torch.as_tensor(np.asarray(te["fine_labels"], dtype=np.int64)),
+        100,
+        _names(meta.get("fine_label_names", [])),
+    )
 
 
 def load_dataset(name: str, data_dir: str = "data", seed: int = 0) -> Dataset:
@@ -163,8 +185,15 @@ def load_dataset(name: str, data_dir: str = "data", seed: int = 0) -> Dataset:
 class DeviceData:
     """The whole train/test set on ``device``; batches gathered, augmented and normalised there."""
 
-    def __init__(self, ds: Dataset, noisy_labels: Tensor, device: torch.device, augment: bool, pad: int = 4,
-                 channels_last: bool = False):
+    def __init__(
+        self,
+        ds: Dataset,
+        noisy_labels: Tensor,
+        device: torch.device,
+        augment: bool,
+        pad: int = 4,
+        channels_last: bool = False,
+    ):
         self.device = torch.device(device)
         self.x_train = ds.x_train.to(self.device)
         self.x_test = ds.x_test.to(self.device)
@@ -172,6 +201,7 @@ class DeviceData:
         self.y_noisy = noisy_labels.to(self.device)
         self.y_test = ds.y_test.to(self.device)
         self.is_noisy = self.y_noisy != self.y_clean
+        self.has_clean_labels = True  # CIFAR and digits ship their clean labels: memorisation is measurable
         self.mean = ds.mean.to(self.device)[None, :, None, None]
         self.inv_std = (1.0 / ds.std).to(self.device)[None, :, None, None]
         self.augment, self.pad = augment, pad
@@ -179,29 +209,16 @@ class DeviceData:
         self.n_train = self.x_train.shape[0]
 
     def _prepare(self, x: Tensor) -> Tensor:
-        x = (x.float() - self.mean) * self.inv_std
-        return x.contiguous(memory_format=self.memory_format)
+        return normalise(x, self.mean, self.inv_std, self.memory_format)
 
     def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        """Random crop of the zero-padded (raw-valued) image and a horizontal flip, per sample."""
-        b, _, h, w = x.shape
-        p = self.pad
-        offs = torch.randint(0, 2 * p + 1, (2, b), generator=gen).to(self.device)
-        flip = (torch.rand(b, generator=gen) < 0.5).to(self.device)
-        if p > 0:
-            xp = F.pad(x.float(), (p, p, p, p))
-            rows = (offs[0][:, None] + torch.arange(h, device=self.device))[:, :, None]  # (B, H, 1)
-            cols = (offs[1][:, None] + torch.arange(w, device=self.device))[:, None, :]  # (B, 1, W)
-            x = xp[torch.arange(b, device=self.device)[:, None, None], :, rows, cols]  # (B, H, W, C)
-            x = x.permute(0, 3, 1, 2)
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x
+        return pad_crop_flip(x, gen, self.pad)
 
     def train_batches(self, batch_size: int, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Yields (indices, inputs, noisy labels) in a random order drawn from ``gen``."""
         order = torch.randperm(self.n_train, generator=gen).to(self.device)
         for start in range(0, self.n_train, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             x = self.x_train[idx]
             if self.augment:
                 x = self._augment(x, gen)
@@ -210,7 +227,7 @@ class DeviceData:
     def eval_batches(self, split: str, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
         x_all = self.x_train if split == "train" else self.x_test
         for start in range(0, x_all.shape[0], batch_size):
-            yield self._prepare(x_all[start:start + batch_size]), slice(start, start + batch_size)
+            yield self._prepare(x_all[start : start + batch_size]), slice(start, start + batch_size)
 
     def num_train_batches(self, batch_size: int) -> int:
         return (self.n_train + batch_size - 1) // batch_size

@@ -21,6 +21,7 @@ Noise types
 All randomness comes from one ``torch.Generator`` seeded with ``seed`` on the CPU, so the noisy labels
 depend only on (labels, features for idn, noise type, rate, seed), never on the device or global RNG.
 """
+
 from __future__ import annotations
 
 import math
@@ -88,8 +89,9 @@ def _trunc_normal(n: int, mean: float, std: float, lo: float, hi: float, g: torc
     return (mean + std * torch.special.ndtri(u)).clamp(lo, hi)
 
 
-def instance_dependent(features: Tensor, labels: Tensor, num_classes: int, rate: float, seed: int,
-                       std: float = IDN_STD) -> Tensor:
+def instance_dependent(
+    features: Tensor, labels: Tensor, num_classes: int, rate: float, seed: int, std: float = IDN_STD
+) -> Tensor:
     labels = labels.cpu().long()
     x = features.detach().cpu().reshape(labels.numel(), -1).double()
     n, d = x.shape
@@ -107,9 +109,17 @@ def instance_dependent(features: Tensor, labels: Tensor, num_classes: int, rate:
     return torch.multinomial(p.clamp_min(0), 1, generator=g).flatten()
 
 
-def make_noisy_labels(labels: Tensor, num_classes: int, noise: str, rate: float, seed: int, *,
-                      dataset: str = "", features: Tensor | None = None,
-                      asym100: str = CIFAR100_ASYM_DEFAULT) -> Tensor:
+def make_noisy_labels(
+    labels: Tensor,
+    num_classes: int,
+    noise: str,
+    rate: float,
+    seed: int,
+    *,
+    dataset: str = "",
+    features: Tensor | None = None,
+    asym100: str = CIFAR100_ASYM_DEFAULT,
+) -> Tensor:
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"noise rate must be in [0, 1], got {rate}")
     if noise == "none" or rate == 0.0:

@@ -1,4 +1,5 @@
 """Outputs: a JSONL log per run, the summary table, the PNG of the curves (when matplotlib is there)."""
+
 from __future__ import annotations
 
 import json
@@ -53,25 +54,33 @@ def summary_rows(histories: dict[str, list[dict]]) -> list[dict]:
             continue
         last = hist[-1]
         best = max(hist, key=lambda r: r["test_acc"])
-        rows.append({
-            "run": name,
-            "epochs": last["epoch"],
-            "test_final": last["test_acc"],
-            "test_best": best["test_acc"],
-            "best_epoch": best["epoch"],
-            "clean_train": last["train_clean_acc"],
-            "noisy_fit": last["noisy_fit_acc"],
-            "noisy_true": last["noisy_true_acc"],
-            "group_b": last.get("group_b"),
-            "time_s": sum(r["epoch_time"] for r in hist),
-        })
+        rows.append(
+            {
+                "run": name,
+                "epochs": last["epoch"],
+                "test_final": last["test_acc"],
+                "test_best": best["test_acc"],
+                "best_epoch": best["epoch"],
+                "clean_train": last["train_clean_acc"],
+                "noisy_fit": last["noisy_fit_acc"],
+                "noisy_true": last["noisy_true_acc"],
+                "group_b": last.get("group_b"),
+                "time_s": sum(r["epoch_time"] for r in hist),
+            }
+        )
     return rows
 
 
 TABLE_COLUMNS = [
-    ("run", "optimizer"), ("test_final", "test acc %"), ("test_best", "best test %"), ("best_epoch", "@ep"),
-    ("clean_train", "clean-train %"), ("noisy_fit", "noisy fit % (memorised)"), ("noisy_true", "noisy->true %"),
-    ("group_b", "group B %"), ("time_s", "time s"),
+    ("run", "optimizer"),
+    ("test_final", "test acc %"),
+    ("test_best", "best test %"),
+    ("best_epoch", "@ep"),
+    ("clean_train", "clean-train %"),
+    ("noisy_fit", "noisy fit % (memorised)"),
+    ("noisy_true", "noisy->true %"),
+    ("group_b", "group B %"),
+    ("time_s", "time s"),
 ]
 
 
@@ -91,7 +100,10 @@ def format_table(rows: list[dict]) -> str:
                 line.append(_pct(v))
         cells.append(line)
     widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE_COLUMNS))]
-    fmt = lambda c: "| " + " | ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(c, widths))) + " |"
+
+    def fmt(c):
+        return "| " + " | ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(c, widths))) + " |"
+
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([fmt(cells[0]), sep] + [fmt(c) for c in cells[1:]])
 
@@ -103,13 +115,23 @@ def plot_curves(histories: dict[str, list[dict]], path: str, title: str = "") ->
     """
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except Exception:
         return None
-    panels = [("test_acc", "test accuracy"), ("noisy_fit_acc", "noisy samples: fit to noisy labels (memorisation)"),
-              ("train_clean_acc", "clean training samples: accuracy"), ("group_b", "Group B fraction")]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    panels = [
+        ("test_acc", "test accuracy"),
+        ("noisy_fit_acc", "noisy samples: fit to noisy labels (memorisation)"),
+        ("train_clean_acc", "clean training samples: accuracy"),
+        ("group_b", "Group B fraction"),
+    ]
+    # without clean labels (Animal-10N, WebVision) the memorisation panels would be empty: left out
+    panels = [p for p in panels if any(r.get(p[0]) is not None for h in histories.values() for r in h)]
+    if len(panels) == 4:
+        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    else:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (key, label) in zip(axes.flat, panels):
         for name, hist in histories.items():
             pts = [(r["epoch"], r[key]) for r in hist if r.get(key) is not None]

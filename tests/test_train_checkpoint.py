@@ -1,0 +1,83 @@
+"""Checkpoints are plain data read with weights_only=True: a real one loads, one holding a foreign pickled object
+is refused (by load_checkpoint and by the CLI's --resume) without running it."""
+
+import os
+
+import pytest
+import torch
+from test_train_data import write_cifar10
+
+from saner_kernels.train.__main__ import main
+from saner_kernels.train.checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
+
+torch.set_num_threads(1)
+
+
+class Payload:
+    """Unpickling this runs a command: what a tampered checkpoint could do with weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def run_cli(data_dir, out, *extra):
+    return main(
+        [
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(data_dir),
+            "--model",
+            "smallcnn",
+            "--width",
+            "4",
+            "--optimizer",
+            "sgd",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--quiet",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+
+
+def test_checkpoint_is_plain_data_and_foreign_objects_are_refused(tmp_path, capsys):
+    write_cifar10(str(tmp_path / "data"))
+    assert run_cli(tmp_path / "data", tmp_path / "out") == 0
+    path = tmp_path / "out" / "sgd" / "checkpoint.pt"
+    ck = torch.load(path, map_location="cpu", weights_only=True)  # nothing but tensors and plain containers
+    assert ck["epoch"] == 2 and isinstance(ck["rng"]["data"], torch.Tensor) and ck["config"]["dataset"] == "cifar10"
+
+    marker = tmp_path / "payload-ran"
+    ck["history"].append({"note": Payload(str(marker))})
+    save_checkpoint(ck, str(path))
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load .*checkpoint.pt.*arbitrary code"):
+        load_checkpoint(str(path))
+    capsys.readouterr()
+    assert run_cli(tmp_path / "data", tmp_path / "out", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "refusing to load" in err and ("posix.system" in err or "os.system" in err)
+    assert not marker.exists()
+
+
+class Foreign:
+    """Harmless, but not plain data: refused all the same."""
+
+
+def test_unknown_class_is_named_in_the_refusal(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"epoch": 1, "history": [Foreign()]}, path)
+    with pytest.raises(UnsafeCheckpointError, match="Foreign"):
+        load_checkpoint(str(path))
