@@ -10,7 +10,9 @@
 #
 # Stages, each under `timeout` with its own limit (printed as it starts), inside a total budget TOTAL_S
 # (default 465 s, so the script ends before 8 minutes even when every stage runs to its limit):
-#   env 20 s, install 150 s, backends 20 s, tests 80 s, bench 100 s, sanitize 80 s.
+#   env 20 s, install 120 s, backends 20 s, tests 120 s, bench 100 s, sanitize 70 s (450 s; 15 s kept for the
+#   summary). The GPU tests (about 2,600) run in 8 processes with a 60 s limit per test when pytest-xdist and
+#   pytest-timeout are installed, in one process without a per-test limit when they are not.
 # Dry mode prints the install command instead of running it, runs the GPU-marked tests (they skip without a
 # GPU), the table with --device cpu --quick on a small model, and the sanitizer script's logic with the
 # reference and C++ CPU backends and without compute-sanitizer (benchmarks/test_bench_device_check.py).
@@ -30,6 +32,8 @@ TOTAL_S=${TOTAL_S:-465}
 MODELS=${MODELS:-"wrn-28-10 bucket"}
 BENCH_ARGS=${BENCH_ARGS:-}
 RESERVE_S=15 # kept for the summary
+STAGES="env install backends tests bench sanitize"
+declare -A LIMIT=([env]=20 [install]=120 [backends]=20 [tests]=120 [bench]=100 [sanitize]=70) # seconds
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
 if [ -n "${CUDA_HOME:-}" ]; then export PATH="$PATH:$CUDA_HOME/bin"; fi
@@ -47,10 +51,10 @@ FAILED=0
 say() { echo "$*" | tee -a "$LOG"; }
 note() { echo "$*" >>"$SUMMARY"; }
 
-# stage NAME CAP_SECONDS COMMAND: run COMMAND under timeout (the cap, or what is left of TOTAL_S less the
+# stage NAME COMMAND: run COMMAND under timeout (the stage's LIMIT, or what is left of TOTAL_S less the
 # reserve), log its output, show its tail, record its status.
 stage() {
-  local name=$1 cap=$2 cmd=$3
+  local name=$1 cmd=$2 cap=${LIMIT[$1]}
   local shown=${cmd%%$'\n'*} # the first line of a multi-line command
   local left=$((TOTAL_S - ($(date +%s) - START) - RESERVE_S))
   local limit=$((cap < left ? cap : left))
@@ -97,7 +101,7 @@ skip() {
 MODE="on $(uname -n)"
 [ "$DRY" = "1" ] && MODE="DRY RUN (CPU, no install)"
 say "# device_check.sh $MODE, $(date -Iseconds), output in $OUTDIR"
-say "# stage limits (s): env 20, install 150, backends 20, tests 80, bench 100, sanitize 80; total budget ${TOTAL_S}"
+say "# stage limits (s): $(for n in $STAGES; do printf '%s %s, ' "$n" "${LIMIT[$n]}"; done)total budget ${TOTAL_S}"
 
 # 1. environment, first: what the rest runs with
 ENV_PY="import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())
@@ -113,14 +117,14 @@ ENV_CMD="echo CUDA_HOME=\${CUDA_HOME:-unset}; (nvcc --version | tail -n 2) || ec
 echo compute-sanitizer: \$(command -v compute-sanitizer || echo 'not found'); \
 (nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>/dev/null \
 || echo 'nvidia-smi: not available'); $PYTHON -c \"$ENV_PY\"; echo cores \$(nproc)"
-stage env 20 "$ENV_CMD"
+stage env "$ENV_CMD"
 
 # 2. build and install (no network there: no build isolation, no dependencies, no index); CUDA is required
 INSTALL="SANER_KERNELS_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=\$(nproc) $PYTHON -m pip install --no-build-isolation --no-deps --no-index -v -e ."
 if [ "$DRY" = "1" ]; then
   skip install "dry run; on the GPU machine: $INSTALL"
 else
-  stage install 150 "$INSTALL"
+  stage install "$INSTALL"
 fi
 
 # 3. which backends can run; on the GPU both CUDA backends must
@@ -134,13 +138,13 @@ BACKENDS_PY="import sys, saner_kernels as sk
 status = sk.available_backends('$DEV')
 for k, v in status.items(): print(f'{k:10s} {v!r}')
 sys.exit(0 if all(status[b] for b in '$NEEDED'.split()) else 1)"
-stage backends 20 "$PYTHON -c \"$BACKENDS_PY\""
+stage backends "$PYTHON -c \"$BACKENDS_PY\""
 
-# 4. the GPU-marked tests, 4 processes and a per-test timeout when the plugins are there (on the CPU they skip)
+# 4. the GPU-marked tests, 8 processes and a per-test timeout when the plugins are there (on the CPU they skip)
 PYTEST="$PYTHON -m pytest -m gpu -q -p no:cacheprovider -rs"
-if $PYTHON -c "import xdist" 2>/dev/null; then PYTEST="$PYTEST -n 4"; else say "# pytest-xdist missing: tests run in one process"; fi
+if $PYTHON -c "import xdist" 2>/dev/null; then PYTEST="$PYTEST -n 8"; else say "# pytest-xdist missing: tests run in one process"; fi
 if $PYTHON -c "import pytest_timeout" 2>/dev/null; then PYTEST="$PYTEST --timeout 60"; else say "# pytest-timeout missing: no per-test timeout"; fi
-stage tests 80 "$PYTEST $TESTS"
+stage tests "$PYTEST $TESTS"
 
 # 5. the benchmark table
 if [ "$DRY" = "1" ]; then
@@ -148,14 +152,14 @@ if [ "$DRY" = "1" ]; then
 else
   BENCH="$PYTHON -m benchmarks.run --device cuda --models $MODELS --out $OUTDIR $BENCH_ARGS"
 fi
-stage bench 100 "$BENCH"
+stage bench "$BENCH"
 
 # 6. every op of both CUDA backends under memcheck; without the caching allocator each tensor is its own
 # allocation, so a read or write past a tensor's end is out of bounds for memcheck
 if [ "$DRY" = "1" ]; then
-  stage sanitize 80 "$PYTHON -m benchmarks.sanitize_ops --device cpu"
+  stage sanitize "$PYTHON -m benchmarks.sanitize_ops --device cpu"
 elif command -v compute-sanitizer >/dev/null; then
-  stage sanitize 80 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
+  stage sanitize "PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
 --print-limit 20 --target-processes application-only $PYTHON -m benchmarks.sanitize_ops --device cuda"
 else
   skip sanitize "compute-sanitizer not found (CUDA_HOME=${CUDA_HOME:-unset})"
