@@ -11,7 +11,7 @@
   ``r = g_SAM / (g_SGD + eps)``, the Group B mask ``0 < r < 1``, scales Group B by ``alpha``, and counts
   the group sizes with a per-parameter ``.item()`` (the published loop reads them on the host every
   step: one device sync per parameter on a GPU). Weight decay and momentum are the base SGD's, so
-  weight decay comes after the reweighting, as in DESIGN.md section 1.
+  weight decay comes after the reweighting, as in docs/design.md, "Semantics".
 
 Both loops follow the published code structure; they are baselines, not fast paths.
 """
