@@ -37,6 +37,8 @@ def _step(model, opt, batch, zero_grad: bool = True) -> None:
 
     loss_fn(model, batch).backward()
     opt.first_step(zero_grad=zero_grad)
+    if not zero_grad:
+        opt.zero_grad()  # g_SGD was copied; the second gradient starts from zero (davda54/sam style)
     loss_fn(model, batch).backward()
     opt.second_step(zero_grad=True)
 
