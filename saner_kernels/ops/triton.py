@@ -302,9 +302,9 @@ def _check_stats(stats, device: torch.device) -> None:
 def grad_sq_norm(g: Tensor, w: Optional[Tensor] = None) -> Tensor:
     _check_flat(g=g, w=w)
     n = g.numel()
-    out = torch.zeros((), dtype=torch.float32, device=g.device)
     if n == 0:
-        return out
+        return torch.zeros((), dtype=torch.float32, device=g.device)
+    out = torch.empty((), dtype=torch.float32, device=g.device)  # written by the one block or the second stage
     block, num_warps, grid = _config(n, g.device, _GPU_NORM_BLOCK)
     if grid > 1:
         # Per-block partials, summed by the fixed-order second stage. The grid is rounded up to a multiple
