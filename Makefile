@@ -18,7 +18,7 @@ $(DEPS_STAMP): Makefile
 	# A torch already on the machine (e.g. a CUDA build) is used as is; otherwise the pinned CPU build.
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PY) -c "import triton" 2>/dev/null || $(PIP) install -q triton==3.6.0
-	$(PIP) install -q setuptools wheel pybind11 ninja numpy pytest pytest-benchmark ruff scikit-learn matplotlib
+	$(PIP) install -q setuptools wheel pybind11 ninja numpy pytest pytest-benchmark ruff scikit-learn matplotlib pillow
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) setup.py $(NATIVE_SOURCES)

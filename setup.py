@@ -132,7 +132,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark"],
-        "demo": ["scikit-learn", "matplotlib"],
+        "demo": ["scikit-learn", "matplotlib", "pillow"],
     },
     ext_modules=ext_modules,
     libraries=libraries,

@@ -295,3 +295,28 @@ def test_missing_folder_cli_exit_code(tmp_path, capsys):
     assert main(cli_args("miniwebvision", tmp_path / "nope", "--out", str(tmp_path / "o"))) == 2
     err = capsys.readouterr().err
     assert "miniwebvision not found" in err and "train/<class>/*.jpg" in err
+
+
+def test_folder_flags_and_run_names():
+    parse = build_parser().parse_args
+    cfg, _ = config_from_args(parse(["--dataset", "animal10n"]))
+    assert (cfg.noise, cfg.model, cfg.workers, cfg.eval_batch_size) == ("none", "resnet18", 4, 256)
+    assert cfg.out == os.path.join("runs", "animal10n-realnoise-resnet18-s0")
+    cfg, _ = config_from_args(parse(["--dataset", "miniwebvision"]))
+    assert (cfg.model, cfg.epochs, cfg.eval_batch_size, cfg.image_size) == ("resnet50", 120, 100, 0)
+    cfg, _ = config_from_args(parse(["--dataset", "cifar10", "--noise", "human"]))
+    assert cfg.human_labels == os.path.join("data", "CIFAR-10_human.pt") and cfg.out.endswith(
+        "cifar10-human-worse_label-wrn28-10-s0"
+    )
+    cfg, _ = config_from_args(parse(["--dataset", "digits"]))  # the demo's settings are untouched
+    assert (cfg.noise, cfg.noise_rate, cfg.model, cfg.epochs, cfg.k, cfg.batch_size) == (
+        "sym",
+        0.4,
+        "smallcnn",
+        60,
+        15,
+        64,
+    )
+    assert cfg.out == os.path.join("runs", "digits-sym0.4-smallcnn-s0") and cfg.eval_batch_size == 1000
+    with pytest.raises(SystemExit, match="image-folder datasets"):
+        config_from_args(parse(["--dataset", "cifar10", "--workers", "2"]))

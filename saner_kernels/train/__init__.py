@@ -1,8 +1,10 @@
 """``saner-train``: noisy-label training with SGD, SAM and SANER (``python -m saner_kernels.train --help``).
 
-Modules: ``data`` (digits / CIFAR pickles, on-device batches and augmentation), ``noise`` (label noise),
-``models``, ``engine`` (one run: epochs, metrics, checkpoint/resume), ``report`` (JSONL, table, plot),
-``checkpoint`` (atomic files), ``__main__`` (command line, compare mode).
+Modules: ``data`` (digits / CIFAR pickles held on the device), ``cifar_n`` (CIFAR-N human labels),
+``folders`` (image-folder layouts: imagefolder, Animal-10N, Mini-WebVision, Tiny-ImageNet), ``streaming``
+(image folders decoded in DataLoader workers), ``device_transforms`` (augmentation on the device), ``noise``
+(synthetic label noise), ``models``, ``engine`` (one run: epochs, metrics, checkpoint/resume), ``report``
+(JSONL, table, plot), ``checkpoint`` (atomic, weights-only files), ``__main__`` (command line, compare mode).
 """
 
 from .engine import Config, Run, lr_at

@@ -217,14 +217,17 @@ def config_from_args(args) -> tuple[Config, list[str]]:
     if bad or len(set(names)) != len(names):
         raise SystemExit(f"--compare: optimizers must be distinct names from {OPTIMIZERS}, got {names}")
     noise = pick(args.noise, "noise")
-    check_noise(args, noise)
+    check_data_flags(args, noise)
     model = pick(args.model, "model")
     human_labels = ""
     if noise == "human":
         human_labels = args.human_labels or os.path.join(args.data_dir, CIFAR_N_FILES[args.dataset])
-    noise_tag = (
-        f"human-{args.human_key or DEFAULT_KEYS[args.dataset]}" if noise == "human" else f"{noise}{args.noise_rate:g}"
-    )
+    if noise == "human":
+        noise_tag = f"human-{args.human_key or DEFAULT_KEYS[args.dataset]}"
+    elif args.dataset in FOLDER_DATASETS and not PRESETS[args.dataset].clean_labels:
+        noise_tag = "realnoise"
+    else:
+        noise_tag = f"{noise}{args.noise_rate:g}"
     cfg = Config(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -267,8 +270,12 @@ def config_from_args(args) -> tuple[Config, list[str]]:
     return cfg, names
 
 
-def check_noise(args, noise: str) -> None:
-    """The noise flags that make sense for ``args.dataset``, or a SystemExit saying what to use."""
+def check_data_flags(args, noise: str) -> None:
+    """The data and noise flags that make sense for ``args.dataset``, or a SystemExit saying what to use."""
+    if args.dataset not in FOLDER_DATASETS and (args.image_size or args.workers is not None):
+        raise SystemExit(
+            f"--image-size and --workers are for the image-folder datasets; {args.dataset} is held in memory"
+        )
     if noise == "asym" and args.dataset not in ("cifar10", "cifar100"):
         raise SystemExit(
             f"--noise asym is defined for cifar10 (class map) and cifar100 (next class), "
@@ -330,35 +337,36 @@ def prepare_data(cfg: Config, device: torch.device, log=print):
             "memorisation cannot be measured, test accuracy only"
         )
     else:
-        if cfg.noise == "human":
-            noisy, key = load_human_labels(
-                cfg.human_labels, cfg.dataset, cfg.human_key or None, ds.y_train, ds.num_classes
-            )
-            how, changed = f"noise human ({key} of {cfg.human_labels})", "labels differ from the clean ones"
-        else:
-            feats = ds.normalised_train_features() if cfg.noise == "idn" else None
-            noisy = make_noisy_labels(
-                ds.y_train,
-                ds.num_classes,
-                cfg.noise,
-                cfg.noise_rate,
-                cfg.seed,
-                dataset=cfg.dataset,
-                features=feats,
-                asym100=cfg.asym100,
-            )
-            how = f"noise {cfg.noise} rate {cfg.noise_rate:g}" + (
-                f" ({cfg.asym100})" if cfg.noise == "asym" and cfg.dataset == "cifar100" else ""
-            )
-            changed = "labels changed"
+        noisy, how = noisy_training_labels(cfg, ds)
         n_flip = int((noisy != ds.y_train).sum())
         info.update(noisy_samples=n_flip, realised_noise_rate=n_flip / n_train)
+        changed = "labels differ from the clean ones" if cfg.noise == "human" else "labels changed"
         log(head + f"{how}: {n_flip} {changed}, realised rate {info['realised_noise_rate']:.4f}")
     if folders:
         data = StreamingData(ds, noisy, device, cfg.augment, cfg.workers, channels_last=cfg.channels_last)
     else:
         data = DeviceData(ds, noisy, device, cfg.augment, channels_last=cfg.channels_last)
     return data, ds, info
+
+
+def noisy_training_labels(cfg: Config, ds) -> tuple[torch.Tensor, str]:
+    """(the training labels the run sees, how they were made) for a dataset with clean labels."""
+    if cfg.noise == "human":
+        noisy, key = load_human_labels(cfg.human_labels, cfg.dataset, cfg.human_key or None, ds.y_train, ds.num_classes)
+        return noisy, f"noise human ({key} of {cfg.human_labels})"
+    feats = ds.normalised_train_features() if cfg.noise == "idn" else None
+    noisy = make_noisy_labels(
+        ds.y_train,
+        ds.num_classes,
+        cfg.noise,
+        cfg.noise_rate,
+        cfg.seed,
+        dataset=cfg.dataset,
+        features=feats,
+        asym100=cfg.asym100,
+    )
+    variant = f" ({cfg.asym100})" if cfg.noise == "asym" and cfg.dataset == "cifar100" else ""
+    return noisy, f"noise {cfg.noise} rate {cfg.noise_rate:g}{variant}"
 
 
 def run_title(cfg: Config, info: dict) -> str:

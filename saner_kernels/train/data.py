@@ -6,10 +6,11 @@
              from a local folder. No torchvision, no download.
 
 Images stay raw on the device (uint8 for CIFAR, float for digits); a batch is gathered, augmented
-(random crop after zero padding, horizontal flip) and normalised with the training set's per-channel
-mean and std, all on the device. The random numbers of the data order and the augmentation come from
-one CPU ``torch.Generator`` that the caller owns and checkpoints, so a run is reproducible and resumable
-independent of the device.
+(random crop after zero padding, horizontal flip: ``device_transforms``) and normalised with the training
+set's per-channel mean and std, all on the device. The random numbers of the data order and the
+augmentation come from one CPU ``torch.Generator`` that the caller owns and checkpoints, so a run is
+reproducible and resumable independent of the device. Image folders, too large for this, stream from disk
+instead (``folders.py``, ``streaming.py``) behind the same batch interface.
 """
 
 from __future__ import annotations
