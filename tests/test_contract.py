@@ -16,13 +16,15 @@ from saner_kernels.ops import reference, resolve_backend
 from saner_kernels.ops.hyper import UpdateHyper
 
 from contract_cases import (DTYPES, EPS, LENGTHS, SWITCHES, assert_same_step, assert_step_skipped, clone_all,
-                            make_bucket_tensors, no_skip, run_step, scale_for, tolerances)
+                            expected_ops, make_bucket_tensors, no_skip, run_step, scale_for, tolerances)
 
+ALL_DTYPES = DTYPES + (torch.float64,)
+# (backend name, device, test id, marks, the storage dtypes it takes: the matrix holds only these pairs)
 BACKENDS = [
-    pytest.param(("cpp", "cpu"), id="cpp-cpu"),
-    pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=pytest.mark.gpu),
-    pytest.param(("triton", "cuda"), id="triton-cuda", marks=pytest.mark.gpu),
-    pytest.param(("triton", "cpu"), id="triton-interpreter", marks=pytest.mark.interpreter),
+    ("cpp", "cpu", "cpp-cpu", (), ALL_DTYPES),
+    ("cuda", "cuda", "cuda-cuda", (pytest.mark.gpu,), ALL_DTYPES),
+    ("triton", "cuda", "triton-cuda", (pytest.mark.gpu,), DTYPES),
+    ("triton", "cpu", "triton-interpreter", (pytest.mark.interpreter,), DTYPES),
 ]
 SMALL = [n for n in LENGTHS if n <= 1024]
 LARGE = [n for n in LENGTHS if n > 1024]
@@ -46,31 +48,45 @@ class Backend:
         self.name, self.device = name, torch.device(device)
         self.ops = resolve_backend(name, self.device, torch.float32)
         self.interpreter = name == "triton" and device == "cpu"
-        self.dtypes = tuple(d for d in DTYPES + (torch.float64,) if d in self.ops.DTYPES)
+        declared = next(dtypes for b, d, _, _, dtypes in BACKENDS if (b, d) == (name, device))
+        assert set(self.ops.DTYPES) == set(declared), f"{name} takes {self.ops.DTYPES}; update BACKENDS"
 
     def tensors(self, n: int, dtype: torch.dtype, **kwargs) -> dict:
-        if dtype not in self.ops.DTYPES:
-            pytest.skip(f"{self.name} does not take {dtype}")
         return make_bucket_tensors(n, dtype, device=self.device, **kwargs)
+
+    def expected(self, dtype: torch.dtype):
+        return expected_ops(self.interpreter, dtype)
 
     def check(self, n: int, dtype: torch.dtype, switches: dict, **kwargs) -> dict:
         t = self.tensors(n, dtype, **kwargs)
         got = run_step(self.ops, t, **switches)
-        assert_same_step(got, run_step(reference, t, **switches), dtype, self.interpreter)
+        assert_same_step(got, run_step(self.expected(dtype), t, **switches), dtype)
         return got
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_generate_tests(metafunc):
+    """Every test taking ``backend`` runs on each backend; with ``dtype`` too, on each (backend, dtype) pair
+    the backend takes (``@pytest.mark.dtypes(...)`` narrows the dtypes; default: all four)."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    if "dtype" not in metafunc.fixturenames:
+        params = [pytest.param((b, d), id=i, marks=m) for b, d, i, m, _ in BACKENDS]
+        metafunc.parametrize("backend", params, indirect=True)
+        return
+    marker = metafunc.definition.get_closest_marker("dtypes")
+    wanted = marker.args[0] if marker else ALL_DTYPES
+    params = [pytest.param((b, d), dt, id=f"{i}-{str(dt).replace('torch.', '')}", marks=m)
+              for b, d, i, m, takes in BACKENDS for dt in wanted if dt in takes]
+    metafunc.parametrize(("backend", "dtype"), params, indirect=["backend"])
+
+
+@pytest.fixture
 def backend(request) -> Backend:
     return Backend(*request.param)
 
 
-ALL_DTYPES = DTYPES + (torch.float64,)
-
-
 # --------------------------------------------------------------------------- norm
 @pytest.mark.parametrize("adaptive", [False, True])
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("n", LENGTHS)
 def test_grad_sq_norm(backend, n, dtype, adaptive):
     t = backend.tensors(n, dtype, seed=n)
@@ -85,29 +101,25 @@ def test_grad_sq_norm(backend, n, dtype, adaptive):
 
 # --------------------------------------------------------------------------- whole step vs reference
 @pytest.mark.parametrize("switches", SWITCHES, ids=_id)
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("n", SMALL)
 def test_step_every_switch(backend, n, dtype, switches):
     backend.check(n, dtype, switches, seed=7, pad=n // 8)
 
 
 @pytest.mark.parametrize("switches", LARGE_SWITCHES, ids=_id)
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("n", LARGE)
 def test_step_long_buckets(backend, n, dtype, switches):
     backend.check(n, dtype, switches, seed=3, pad=n // 8)
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 def test_step_unaligned_views(backend, dtype):
     """Views that start one element into a buffer (off any vector boundary) give the same results."""
     t = {k: v[1:] for k, v in backend.tensors(4097, dtype, seed=9).items()}
     for sw in SWITCHES[::7]:
         got = run_step(backend.ops, t, **sw)
-        assert_same_step(got, run_step(reference, t, **sw), dtype, backend.interpreter)
+        assert_same_step(got, run_step(backend.expected(dtype), t, **sw), dtype)
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 def test_step_runtime_scalars(backend, dtype):
     """Dampening, no weight decay, other lr/eps/momentum: runtime arguments, not just run_step's defaults."""
     kw = dict(adaptive=False, nesterov=False, first_momentum_step=False, alpha=0.25, track_groups=True,
@@ -116,18 +128,16 @@ def test_step_runtime_scalars(backend, dtype):
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 def test_update_without_momentum(backend, dtype, adaptive):
     """momentum == 0: ``buf`` is None (no buffer read or written)."""
     sw = dict(adaptive=adaptive, nesterov=False, first_momentum_step=False, alpha=0.5, track_groups=True)
-    got = backend.check(1024, dtype, sw, momentum=0.0, seed=5)
+    got = backend.check(1024, dtype, dict(sw, momentum=0.0), seed=5)
     assert torch.equal(got["buf"], backend.tensors(1024, dtype, seed=5)["buf"])
 
 
-def test_fp64_scale_rounds_like_torch(backend):
+@pytest.mark.dtypes((torch.float64,))
+def test_fp64_scale_rounds_like_torch(backend, dtype):
     """fp64 buckets get an fp64 scale; the kernels use it at full precision."""
-    if torch.float64 not in backend.ops.DTYPES:
-        pytest.skip(f"{backend.name} takes no fp64")
     t = backend.tensors(4096 + 3, torch.float64, seed=53)
     for sw in SWITCHES[::9]:
         s = scale_for(t, adaptive=sw["adaptive"]) * (1 + 1e-12)
@@ -161,7 +171,7 @@ def test_stats_accumulate(backend):
 
 # --------------------------------------------------------------------------- skip, restore, edge cases
 @pytest.mark.parametrize("swap", [False, True])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.dtypes(DTYPES)
 def test_skip_writes_nothing(backend, dtype, swap):
     t = backend.tensors(65536 + 5, dtype, seed=41)
     skip = torch.ones((), device=backend.device)
@@ -171,13 +181,12 @@ def test_skip_writes_nothing(backend, dtype, swap):
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 def test_restore_undoes_perturb(backend, dtype, adaptive):
     """perturb_ then restore_ gives w + e - e, exactly what the update starts from (reference's rounding)."""
     t = backend.tensors(1003, dtype, seed=61)
     scale = scale_for(t, adaptive=adaptive)
     results = []
-    for ops in (backend.ops, reference):
+    for ops in (backend.ops, backend.expected(dtype)):
         x = clone_all(t)
         e = torch.zeros_like(x["w"]) if adaptive else None
         ops.perturb_(x["w"], x["g"], scale, no_skip(backend.device), e=e)
@@ -186,7 +195,7 @@ def test_restore_undoes_perturb(backend, dtype, adaptive):
         untouched = clone_all(x)
         ops.restore_(x["w"], scale, torch.ones((), device=backend.device), g_sgd=x["g"], e=e)
         assert torch.equal(x["w"], untouched["w"]), "restore_ wrote on a skipped step"
-    torch.testing.assert_close(results[0].float(), results[1].float(), **tolerances(dtype, backend.interpreter))
+    torch.testing.assert_close(results[0].float(), results[1].float(), **tolerances(dtype))
 
 
 def test_empty_bucket_is_a_no_op(backend):
@@ -199,7 +208,7 @@ def test_empty_bucket_is_a_no_op(backend):
     backend.ops.restore_(x, s, skip, g_sgd=x.clone())
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.dtypes(DTYPES)
 def test_zero_weight_decay_keeps_inf_and_negative_zero(backend, dtype):
     """weight_decay == 0 adds no ``0 * w`` term: an infinite weight stays infinite, -0 stays -0."""
     t = backend.tensors(1024, dtype, seed=67)
@@ -208,7 +217,7 @@ def test_zero_weight_decay_keeps_inf_and_negative_zero(backend, dtype):
     t["g_sam"][:4] = torch.tensor([0.0, 0.0, -0.0, 0.0])
     sw = dict(adaptive=False, nesterov=False, first_momentum_step=True, alpha=0.5, track_groups=False)
     got = run_step(backend.ops, t, weight_decay=0.0, **sw)
-    exp = run_step(reference, t, weight_decay=0.0, **sw)
+    exp = run_step(backend.expected(dtype), t, weight_decay=0.0, **sw)
     assert torch.equal(got["w"][:4].cpu(), exp["w"][:4].cpu())
     assert torch.equal(torch.signbit(got["w"][:4]).cpu(), torch.signbit(exp["w"][:4]).cpu())
 
