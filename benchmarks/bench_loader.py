@@ -87,6 +87,10 @@ def time_sam_steps(ds, device, model_name: str, batch_size: int, steps: int) -> 
     return sum(x.shape[0] for x, _ in batches) / (time.perf_counter() - t0)
 
 
+def rate_text(rate: float) -> str:
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -124,10 +128,10 @@ def main(argv=None) -> int:
         rows = [("what", "images/s")]
         for workers in (int(w) for w in args.workers.split(",") if w.strip()):
             rate = time_loading(ds, device, workers, args.batch_size, args.epochs)
-            rows.append((f"loading, {workers} workers", f"{rate:,.0f}"))
+            rows.append((f"loading, {workers} workers", rate_text(rate)))
         if args.model:
             rate = time_sam_steps(ds, device, args.model, args.batch_size, args.steps)
-            rows.append((f"SAM steps, {args.model} (two passes)", f"{rate:,.0f}"))
+            rows.append((f"SAM steps, {args.model} (two passes)", rate_text(rate)))
         width = max(len(r[0]) for r in rows)
         for i, (what, rate) in enumerate(rows):
             print(f"| {what:<{width}} | {rate:>9} |")
