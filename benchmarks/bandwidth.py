@@ -5,15 +5,16 @@ whether the CPU reads each destination line before writing it (write-allocate, r
 streams it out with non-temporal stores, and a GPU does neither; counting 2 made the old copy probe read
 below fused SGD on the CPU (so "% of copy" exceeded 100). An in-place kernel writes only lines it has just
 read, so its traffic is exact on every device: the same read-modify-write pattern as the optimizer kernels.
-We take the best of three with 2, 3 and 4 streams, because on a CPU with few cores the rate also grows with
-the number of concurrent streams (more lines in flight per core):
+We take the best of three with 2, 3 and 4 streams, because the attainable rate depends on the mix (on a CPU
+with few cores, on how many lines each core keeps in flight):
 
 - scale ``a *= -1``            reads a, writes a:        8 B/elem
 - axpy  ``a += s * b``         reads a, b, writes a:    12 B/elem
 - fma   ``a += s * b * c``     reads a, b, c, writes a: 16 B/elem
 
-The fused SGD step (5 streams) can still exceed it by a few percent on such a CPU; that is a measured
-fact about the step, not a counting error. The copy's rate is recorded too, counted both ways, for reference.
+A row above 100% is then a measured fact, not a counting error: its arrays fit in the cache (small shape sets)
+or its mix of streams runs faster than any of the three. The copy's rate is recorded too, counted both ways,
+for comparison with older results.
 """
 
 from __future__ import annotations
