@@ -13,6 +13,7 @@ stale or broken build (which ``backend="auto"`` warns about) from a missing one.
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Optional
 
@@ -44,7 +45,7 @@ def _stale_because(ext) -> list[str]:
 def _import_extension():
     """(the extension or None, why it cannot be used, whether it is built but unusable)."""
     try:
-        from saner_kernels import _C as ext
+        ext = importlib.import_module("saner_kernels._C")  # not `from .. import _C`: that hides a missing module
     except ModuleNotFoundError as exc:
         if exc.name == "saner_kernels._C":
             return None, f"the native extension is not built: run `{BUILD_HINT}`", False

@@ -1,0 +1,418 @@
+// CUDA kernels of the saner_kernels ops; the host side (checks, launches, registration) is saner_cuda.cu.
+//
+// - 128-bit vector loads/stores (Pack<T>: 4 fp32, 8 bf16/fp16, 2 fp64) when every pointer is 16-byte
+//   aligned (flat buckets always are), element by element otherwise (unaligned views such as v[1:]);
+//   kUnroll packs per thread are loaded before any is used, so several loads are in flight per thread.
+// - The scale s and the skip flag are read from device memory inside the kernels: no host sync. A
+//   nonzero skip makes every thread return before writing anything (update_: after the zeroing it was
+//   asked for).
+// - Math in fp32 (fp64 for fp64 storage) in the reference's order. Built with -fmad=false so that the
+//   compiler fuses nothing; the reference's torch.add(x, y, alpha=a) steps, which torch's CUDA kernels
+//   evaluate as one fma, are explicit fma() calls here.
+// - Variants are template switches, so a variant loads only what it uses: no buf in a first momentum
+//   step, no g_sgd when neither e = g_sgd * s nor the group mask needs it (adaptive, alpha = 1, no stats).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+namespace saner_kernels {
+namespace cuda {
+
+constexpr int kThreads = 256;
+constexpr int kUnroll = 4;
+constexpr int kNormMaxBlocks = 1024;
+
+template <typename T>
+using acc_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+
+// Item i of an array: a 16-byte pack (kVec) or one element.
+template <typename T, bool kVec>
+struct Access {
+  static constexpr int N = kVec ? Pack<T>::N : 1;
+  struct Item {
+    T v[N];
+  };
+  __device__ __forceinline__ static Item load(const T* p, int64_t i) {
+    Item it;
+    if constexpr (kVec) {
+      const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p + i * N);
+#pragma unroll
+      for (int k = 0; k < N; ++k) it.v[k] = pk.v[k];
+    } else {
+      it.v[0] = p[i];
+    }
+    return it;
+  }
+  __device__ __forceinline__ static void store(T* p, int64_t i, const Item& it) {
+    if constexpr (kVec) {
+      Pack<T> pk;
+#pragma unroll
+      for (int k = 0; k < N; ++k) pk.v[k] = it.v[k];
+      *reinterpret_cast<Pack<T>*>(p + i * N) = pk;
+    } else {
+      p[i] = it.v[0];
+    }
+  }
+  __device__ __forceinline__ static void store_zero(T* p, int64_t i) {
+    Item z;
+#pragma unroll
+    for (int k = 0; k < N; ++k) z.v[k] = T(0);
+    store(p, i, z);
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ acc_t<T> to_acc(T x) {
+  return static_cast<acc_t<T>>(x);
+}
+
+__device__ __forceinline__ float fma_(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double fma_(double a, double b, double c) { return __fma_rn(a, b, c); }
+
+// The scale: a 0-dim fp32 tensor, or fp64 (the optimizer's scale for fp64 buckets); exact as a double.
+struct ScaleArg {
+  const void* p;
+  bool is_double;
+  __device__ __forceinline__ double get() const {
+    return is_double ? *static_cast<const double*>(p) : static_cast<double>(*static_cast<const float*>(p));
+  }
+};
+
+__device__ __forceinline__ bool skipped(const float* skip) { return *skip != 0.0f; }
+
+// The grid-stride schedule of every elementwise kernel (launched with kThreads threads per block): item
+// indices of this thread, kUnroll at a time. kThreads, not blockDim.x: the kUnroll addresses of an array
+// then differ by compile-time offsets, one register pair per array instead of one per load.
+__device__ __forceinline__ int64_t first_base() {
+  return static_cast<int64_t>(blockIdx.x) * kThreads * kUnroll + threadIdx.x;
+}
+__device__ __forceinline__ int64_t base_stride() { return static_cast<int64_t>(gridDim.x) * kThreads * kUnroll; }
+__device__ __forceinline__ int64_t item_index(int64_t base, int u) { return base + u * kThreads; }
+
+// ------------------------------------------------------------------------------------ grad_sq_norm
+// Two stages, fixed order: a grid fixed by n writes one fp64 partial per block (each thread sums its
+// elements in a fixed sequence, then a fixed tree inside the block), then one block adds the partials in a
+// fixed tree. Each term: x formed in the compute type as the reference forms it (|w| * g in fp32 for 16-
+// and 32-bit storage), then squared and summed in fp64; the square of an fp32 value is exact in fp64.
+//
+// Error bound, fp32 result: the terms are exact and >= 0, so with u = 2^-53 and h the longest chain of fp64
+// additions from a term to the sum, |sum - S| <= h*u/(1 - h*u) * S (recursive summation of non-negative
+// terms). A thread adds at most ceil(n / (kNormMaxBlocks * kThreads * kUnroll * N)) * kUnroll * N <=
+// n/2^18 + 32 terms, plus one tail element; the block tree and the second stage add 10 levels each:
+// h <= n/2^18 + 53. For n <= 2^33: h*u < 3.7e-12, and with the final rounding to fp32,
+// |result - S| <= (2^-24 + 3.7e-12) * S: within one fp32 rounding of the exact sum. The fp64 sum cannot
+// overflow (2^33 terms of at most FLT_MAX^2 ~ 1.2e77); an exact sum above FLT_MAX (||g|| above ~1.8e19)
+// rounds to inf in fp32, as the reference's fp64 sum does when cast to fp32. fp64 storage: the squares
+// round too, |result - S| <= (h + 1)*u/(1 - (h + 1)*u) * S.
+template <typename C>
+__device__ __forceinline__ C block_sum(C v, C* shared) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  const int n_warps = (blockDim.x + 31) >> 5;
+  v = (threadIdx.x < n_warps) ? shared[threadIdx.x] : C(0);
+  if (warp == 0) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  }
+  return v;
+}
+
+template <typename T, bool kAdaptive>
+__device__ __forceinline__ double square(T g, T w) {
+  acc_t<T> x = to_acc(g);
+  if constexpr (kAdaptive) x = fabs(to_acc(w)) * x;
+  const double xd = static_cast<double>(x);
+  return xd * xd;
+}
+
+template <typename T, bool kVec, bool kAdaptive>
+__global__ void __launch_bounds__(kThreads)
+    sq_norm_partial_kernel(const T* __restrict__ g, const T* __restrict__ w, int64_t n_items, int64_t n,
+                           double* __restrict__ partial) {
+  using A = Access<T, kVec>;
+  __shared__ double shared[32];
+  double acc = 0.0;
+  for (int64_t base = first_base(); base < n_items; base += base_stride()) {
+    typename A::Item gi[kUnroll], wi[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = item_index(base, u);
+      if (i < n_items) {
+        gi[u] = A::load(g, i);
+        if constexpr (kAdaptive) wi[u] = A::load(w, i);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (item_index(base, u) < n_items) {
+#pragma unroll
+        for (int k = 0; k < A::N; ++k) acc += square<T, kAdaptive>(gi[u].v[k], kAdaptive ? wi[u].v[k] : T(0));
+      }
+    }
+  }
+  // Elements past the last whole pack (vector path only): block 0 takes them.
+  if (kVec && blockIdx.x == 0) {
+    for (int64_t j = n_items * A::N + threadIdx.x; j < n; j += kThreads) {
+      acc += square<T, kAdaptive>(g[j], kAdaptive ? w[j] : T(0));
+    }
+  }
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+template <typename Out>
+__global__ void sq_norm_final_kernel(const double* __restrict__ partial, int n_partial, Out* __restrict__ out) {
+  __shared__ double shared[32];
+  double v = 0.0;
+  for (int i = threadIdx.x; i < n_partial; i += blockDim.x) v += partial[i];
+  v = block_sum(v, shared);
+  if (threadIdx.x == 0) *out = static_cast<Out>(v);
+}
+
+// ------------------------------------------------------------------------------------ perturb_
+// e = (w*w*g*s if adaptive else g*s);  w <- w + e;  e stored when adaptive;  g_sgd <- g when copying.
+template <typename C, bool kAdaptive>
+__device__ __forceinline__ C perturb_one(C& w, C g, C s) {
+  const C ev = kAdaptive ? w * w * g * s : g * s;
+  w = w + ev;
+  return ev;
+}
+
+template <typename T, bool kVec, bool kAdaptive, bool kCopy>
+__global__ void __launch_bounds__(kThreads)
+    perturb_kernel(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ g_sgd, T* __restrict__ e,
+                   ScaleArg scale, const float* __restrict__ skip, int64_t n_items, int64_t n) {
+  if (skipped(skip)) return;
+  using A = Access<T, kVec>;
+  using C = acc_t<T>;
+  const C s = static_cast<C>(scale.get());
+  for (int64_t base = first_base(); base < n_items; base += base_stride()) {
+    typename A::Item gi[kUnroll], wi[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = item_index(base, u);
+      if (i < n_items) {
+        gi[u] = A::load(g, i);
+        wi[u] = A::load(w, i);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = item_index(base, u);
+      if (i < n_items) {
+        typename A::Item ei;
+#pragma unroll
+        for (int k = 0; k < A::N; ++k) {
+          C wv = to_acc(wi[u].v[k]);
+          ei.v[k] = static_cast<T>(perturb_one<C, kAdaptive>(wv, to_acc(gi[u].v[k]), s));
+          wi[u].v[k] = static_cast<T>(wv);
+        }
+        A::store(w, i, wi[u]);
+        if constexpr (kCopy) A::store(g_sgd, i, gi[u]);
+        if constexpr (kAdaptive) A::store(e, i, ei);
+      }
+    }
+  }
+  if (kVec && blockIdx.x == 0) {
+    for (int64_t j = n_items * A::N + threadIdx.x; j < n; j += kThreads) {
+      const T gj = g[j];
+      C wv = to_acc(w[j]);
+      const C ev = perturb_one<C, kAdaptive>(wv, to_acc(gj), s);
+      w[j] = static_cast<T>(wv);
+      if constexpr (kCopy) g_sgd[j] = gj;
+      if constexpr (kAdaptive) e[j] = static_cast<T>(ev);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ restore_
+// w <- w - e, e stored (adaptive) or recomputed as g_sgd * s: the very product perturb_ added.
+template <typename T, bool kVec, bool kAdaptive>
+__global__ void __launch_bounds__(kThreads)
+    restore_kernel(T* __restrict__ w, const T* __restrict__ src, ScaleArg scale, const float* __restrict__ skip,
+                   int64_t n_items, int64_t n) {
+  if (skipped(skip)) return;
+  using A = Access<T, kVec>;
+  using C = acc_t<T>;
+  const C s = static_cast<C>(scale.get());
+  auto one = [&](T wv, T sv) -> T {
+    const C ev = kAdaptive ? to_acc(sv) : to_acc(sv) * s;
+    return static_cast<T>(to_acc(wv) - ev);
+  };
+  for (int64_t base = first_base(); base < n_items; base += base_stride()) {
+    typename A::Item wi[kUnroll], si[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = item_index(base, u);
+      if (i < n_items) {
+        wi[u] = A::load(w, i);
+        si[u] = A::load(src, i);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = item_index(base, u);
+      if (i < n_items) {
+#pragma unroll
+        for (int k = 0; k < A::N; ++k) wi[u].v[k] = one(wi[u].v[k], si[u].v[k]);
+        A::store(w, i, wi[u]);
+      }
+    }
+  }
+  if (kVec && blockIdx.x == 0) {
+    for (int64_t j = n_items * A::N + threadIdx.x; j < n; j += kThreads) w[j] = one(w[j], src[j]);
+  }
+}
+
+// ------------------------------------------------------------------------------------ update_
+template <typename C>
+struct UpdateScalars {
+  C neg_lr, mu, damp, wd, alpha, eps;
+  bool use_alpha, use_wd, nesterov;
+};
+
+// One element; returns the group: 0 = A, 1 = B, 2 = C. buf is read only in a running momentum step.
+template <typename C, bool kAdaptive, bool kHasBuf, bool kFirst, bool kMask>
+__device__ __forceinline__ int update_one(C& w, C g, C gs, C& buf, C e, C s, const UpdateScalars<C>& p) {
+  const C ev = kAdaptive ? e : gs * s;
+  const C wv = w - ev;
+  C d = g;
+  int group = 2;
+  if constexpr (kMask) {
+    const C den = gs + p.eps;
+    const bool same = (g > C(0) && den > C(0)) || (g < C(0) && den < C(0));
+    const bool smaller = fabs(g) < fabs(den);
+    group = same ? (smaller ? 1 : 0) : 2;
+    if (p.use_alpha && group == 1) d = g * p.alpha;
+  }
+  if (p.use_wd) d = fma_(wv, p.wd, d);  // d.add(w, alpha=wd); no 0 * w term: an infinite weight stays inf
+  if constexpr (kHasBuf) {
+    const C nb = kFirst ? d : fma_(d, p.damp, buf * p.mu);  // buf.mul(mu).add_(d, alpha=1-tau)
+    d = p.nesterov ? fma_(nb, p.mu, d) : nb;                 // d.add(buf, alpha=mu)
+    buf = nb;
+  }
+  w = fma_(d, p.neg_lr, wv);  // w.add(d, alpha=-lr)
+  return group;
+}
+
+// stats += (A, B, n_valid - A - B): warp sums, one atomicAdd per warp and counter (integers: exact in any
+// order); C is n_valid, added once by thread 0 of block 0, minus every warp's A + B (modulo 2^64).
+__device__ __forceinline__ void add_counts(int ca, int cb, unsigned long long* stats, int64_t n_valid) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    ca += __shfl_down_sync(0xffffffffu, ca, off);
+    cb += __shfl_down_sync(0xffffffffu, cb, off);
+  }
+  if ((threadIdx.x & 31) == 0) {
+    if (ca) atomicAdd(stats + 0, static_cast<unsigned long long>(ca));
+    if (cb) atomicAdd(stats + 1, static_cast<unsigned long long>(cb));
+    if (ca + cb) atomicAdd(stats + 2, 0ull - static_cast<unsigned long long>(ca + cb));
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) atomicAdd(stats + 2, static_cast<unsigned long long>(n_valid));
+}
+
+template <typename T, bool kVec>
+__device__ void zero_both(T* __restrict__ g, T* __restrict__ g_sgd, int64_t n_items, int64_t n) {
+  using A = Access<T, kVec>;
+  for (int64_t base = first_base(); base < n_items; base += base_stride()) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = item_index(base, u);
+      if (i < n_items) {
+        A::store_zero(g, i);
+        A::store_zero(g_sgd, i);
+      }
+    }
+  }
+  if (kVec && blockIdx.x == 0) {
+    for (int64_t j = n_items * A::N + threadIdx.x; j < n; j += kThreads) g[j] = g_sgd[j] = T(0);
+  }
+}
+
+template <typename T, bool kVec, bool kAdaptive, bool kHasBuf, bool kFirst, bool kMask>
+__global__ void __launch_bounds__(kThreads)
+    update_kernel(T* __restrict__ w, T* __restrict__ g, T* __restrict__ g_sgd, T* __restrict__ buf,
+                  const T* __restrict__ e, ScaleArg scale, const float* __restrict__ skip, UpdateScalars<acc_t<T>> p,
+                  unsigned long long* __restrict__ stats, int64_t n_valid, bool zero_grads, int64_t n_items,
+                  int64_t n) {
+  constexpr bool kReadGsgd = !kAdaptive || kMask;  // for e = g_sgd * s, or for the mask
+  constexpr bool kReadBuf = kHasBuf && !kFirst;
+  if (skipped(skip)) {  // write nothing but the zeros asked for
+    if (zero_grads) zero_both<T, kVec>(g, g_sgd, n_items, n);
+    return;
+  }
+  using A = Access<T, kVec>;
+  using C = acc_t<T>;
+  const C s = static_cast<C>(scale.get());
+  int ca = 0, cb = 0;  // Group A and B counts over elements < n_valid
+  auto count = [&](int group, int64_t j) {
+    if (kMask && j < n_valid) {
+      ca += group == 0;
+      cb += group == 1;
+    }
+  };
+  for (int64_t base = first_base(); base < n_items; base += base_stride()) {
+    typename A::Item wi[kUnroll], gi[kUnroll], gsi[kUnroll], bi[kUnroll], ei[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = item_index(base, u);
+      if (i < n_items) {
+        wi[u] = A::load(w, i);
+        gi[u] = A::load(g, i);
+        if constexpr (kReadGsgd) gsi[u] = A::load(g_sgd, i);
+        if constexpr (kReadBuf) bi[u] = A::load(buf, i);
+        if constexpr (kAdaptive) ei[u] = A::load(e, i);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = item_index(base, u);
+      if (i < n_items) {
+        typename A::Item bo;  // the new buf (not bi: in a first step bi was never loaded)
+#pragma unroll
+        for (int k = 0; k < A::N; ++k) {
+          C wv = to_acc(wi[u].v[k]);
+          C bv = kReadBuf ? to_acc(bi[u].v[k]) : C(0);
+          const int group = update_one<C, kAdaptive, kHasBuf, kFirst, kMask>(
+              wv, to_acc(gi[u].v[k]), kReadGsgd ? to_acc(gsi[u].v[k]) : C(0), bv,
+              kAdaptive ? to_acc(ei[u].v[k]) : C(0), s, p);
+          count(group, i * A::N + k);
+          wi[u].v[k] = static_cast<T>(wv);
+          bo.v[k] = static_cast<T>(bv);
+        }
+        A::store(w, i, wi[u]);
+        if constexpr (kHasBuf) A::store(buf, i, bo);
+        if (zero_grads) {
+          A::store_zero(g, i);
+          A::store_zero(g_sgd, i);
+        }
+      }
+    }
+  }
+  if (kVec && blockIdx.x == 0) {
+    for (int64_t j = n_items * A::N + threadIdx.x; j < n; j += kThreads) {
+      C wv = to_acc(w[j]);
+      C bv = kReadBuf ? to_acc(buf[j]) : C(0);
+      const int group = update_one<C, kAdaptive, kHasBuf, kFirst, kMask>(
+          wv, to_acc(g[j]), kReadGsgd ? to_acc(g_sgd[j]) : C(0), bv, kAdaptive ? to_acc(e[j]) : C(0), s, p);
+      count(group, j);
+      w[j] = static_cast<T>(wv);
+      if constexpr (kHasBuf) buf[j] = static_cast<T>(bv);
+      if (zero_grads) g[j] = g_sgd[j] = T(0);
+    }
+  }
+  if (kMask && stats != nullptr) add_counts(ca, cb, stats, n_valid);
+}
+
+}  // namespace cuda
+}  // namespace saner_kernels
