@@ -138,6 +138,12 @@ def interleaved(
     return times_a, times_b
 
 
+def spread_pct(times: list[float]) -> float:
+    """Interquartile range over the median, in percent: how steady the machine was while this was timed."""
+    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return 100 * (q3 - q1) / median
+
+
 def median_ratio(times_a: list[float], times_b: list[float]) -> float:
     """Median of the per-pair ratios a/b: drift between pairs cancels."""
     return statistics.median(x / y for x, y in zip(times_a, times_b))

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .measure import StepUnderTest, free_memory, interleaved, median_ratio
+from .measure import StepUnderTest, free_memory, interleaved, median_ratio, spread_pct
 from .memory import optimizer_memory
 from .rows import Spec, anchor_spec
 from .shapes import describe, make_gradients, make_params
@@ -55,6 +55,8 @@ class Row:
     sgd_fused_ms: Optional[float] = None  # median of the anchor's steps alternating with this row's
     vs_sgd_fused: Optional[float] = None  # median of the per-pair ratios
     n_timed: int = 0  # pairs
+    spread_pct: Optional[float] = None  # interquartile range of this row's steps over their median
+    sgd_fused_spread_pct: Optional[float] = None  # the same for the anchor's steps
     bytes_per_elem: float = 0.0
     gbs: Optional[float] = None
     pct_probe: Optional[float] = None
@@ -118,6 +120,7 @@ def measure_row(
         row.ms = statistics.median(row.times_ms)
         row.sgd_fused_ms = statistics.median(row.sgd_fused_times_ms)
         row.vs_sgd_fused = median_ratio(row.times_ms, row.sgd_fused_times_ms)
+        row.spread_pct, row.sgd_fused_spread_pct = spread_pct(row.times_ms), spread_pct(row.sgd_fused_times_ms)
         row.gbs = row.bytes_per_elem * n / (row.ms * 1e-3) / 1e9
     except Exception as exc:  # one broken row must not lose the table
         row.status = error_status(exc)

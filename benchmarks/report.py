@@ -19,7 +19,8 @@ WHAT_IS_TIMED = (
     "phase outside the timing: SANER/SAM `first_step(zero_grad=True)` + `second_step(zero_grad=True)`; SGD "
     "`step()` + `zero_grad(set_to_none=False)`; the loops `first_step()`, `zero_grad`, `second_step()`, "
     f"`zero_grad`. B/elem: floor traffic ({SANER_BYTES} SANER/SAM, {SGD_BYTES} SGD). x fused SGD: median of "
-    "per-pair ratios, each row timed in alternation with fused SGD."
+    "per-pair ratios, each row timed in alternation with fused SGD. Spread: interquartile range over the median "
+    "of the timed steps; more than a few percent means a busy machine."
 )
 # per-rep times are in results.json; the CSV keeps one value per cell
 CSV_SKIP = ("times_ms", "sgd_fused_times_ms")
@@ -60,13 +61,25 @@ def headline(rows: list[Row]) -> list[dict]:
                     "saner_bytes_per_elem": r.bytes_per_elem,
                     "sgd_bytes_per_elem": r.bytes_per_elem * SGD_BYTES / SANER_BYTES,
                     "n_pairs": r.n_timed,
+                    "saner_spread_pct": r.spread_pct,
+                    "sgd_fused_spread_pct": r.sgd_fused_spread_pct,
                 }
             )
     return out
 
 
 def headline_table(items: list[dict]) -> str:
-    header = ["model", HEADLINE_LABEL, "backend", "SANER ms", "SGD fused ms", "x fused SGD", "byte floor", "pairs"]
+    header = [
+        "model",
+        HEADLINE_LABEL,
+        "backend",
+        "SANER ms",
+        "SGD fused ms",
+        "x fused SGD",
+        "byte floor",
+        "pairs",
+        "spread % SANER / SGD",
+    ]
     cells = [
         [
             h["model"],
@@ -77,6 +90,7 @@ def headline_table(items: list[dict]) -> str:
             f"**{h['ratio']:.2f}**",
             f"{h['floor_ratio']:.2f}",
             str(h["n_pairs"]),
+            f"{h['saner_spread_pct']:.0f} / {h['sgd_fused_spread_pct']:.0f}",
         ]
         for h in items
     ]

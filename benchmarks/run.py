@@ -69,7 +69,7 @@ def _print_row(row: Row) -> None:
     if row.status == "ok":
         print(
             f"  {row.optimizer:<22} {row.backend:<10} {fmt_ms(row.ms):>9} ms  {row.gbs:7.1f} GB/s  "
-            f"x{row.vs_sgd_fused:5.2f} SGD ({row.n_timed} pairs)  "
+            f"x{row.vs_sgd_fused:5.2f} SGD ({row.n_timed} pairs, spread {row.spread_pct:.0f}%)  "
             f"{fmt(row.extra_bytes_per_param, '{:.1f}'):>6} B/param",
             flush=True,
         )

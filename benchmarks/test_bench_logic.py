@@ -7,7 +7,7 @@ import torch
 
 import saner_kernels
 from benchmarks import bandwidth, rows, sanitize_ops
-from benchmarks.measure import StepUnderTest, interleaved, median_ratio
+from benchmarks.measure import StepUnderTest, interleaved, median_ratio, spread_pct
 from benchmarks.shapes import make_gradients, make_params
 from saner_kernels.ops import reference
 
@@ -60,6 +60,7 @@ def test_interleaving_alternates_the_order_of_each_pair():
     assert "".join(log) == "abbaabba"
     assert len(times_a) == len(times_b) == 4
     assert median_ratio(times_a, times_b) == 2.0
+    assert spread_pct([1.0, 2.0, 3.0, 4.0, 5.0]) == 100 * (4 - 2) / 3
 
 
 def test_floors_and_one_headline_row():
