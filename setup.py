@@ -1,6 +1,6 @@
 """Build saner_kernels and its native extension ``saner_kernels._C`` (csrc/).
 
-    pip install --no-build-isolation -e .     # build isolation would download another torch
+pip install --no-build-isolation -e .     # build isolation would download another torch
 """
 
 import os
@@ -102,8 +102,13 @@ def native_build():
     with_cuda = _with_cuda(torch, cpp_extension)
     libraries = _avx2_library(cpp_extension)
     # Relative paths: setuptools wants them.
-    sources = ["csrc/ops.cpp", "csrc/module.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/isa.cpp",
-               "csrc/cpu/kernels_default.cpp"]
+    sources = [
+        "csrc/ops.cpp",
+        "csrc/module.cpp",
+        "csrc/cpu/ops_cpu.cpp",
+        "csrc/cpu/isa.cpp",
+        "csrc/cpu/kernels_default.cpp",
+    ]
     kwargs = dict(
         include_dirs=[_write_build_info(torch, with_cuda)],
         define_macros=[("SANER_KERNELS_AVX2", "1" if libraries else "0")],
@@ -113,8 +118,12 @@ def native_build():
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         nvcc = ["-O3", "-fmad=false", "--expt-relaxed-constexpr"]
-        ext = cpp_extension.CUDAExtension("saner_kernels._C", [*sources, "csrc/cuda/saner_cuda.cu"],
-                                          extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
+        ext = cpp_extension.CUDAExtension(
+            "saner_kernels._C",
+            [*sources, "csrc/cuda/saner_cuda.cu"],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            **kwargs,
+        )
     else:
         ext = cpp_extension.CppExtension("saner_kernels._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
     return [ext], libraries, {"build_ext": BuildExt}

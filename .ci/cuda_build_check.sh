@@ -4,7 +4,8 @@
 # In a second virtualenv with a CUDA build of torch (torch==2.14.1 -> 2.14.1+cu130 from local disk; the main
 # test venv keeps the light CPU torch), `pip install --no-build-isolation .` must compile and link the CUDA
 # op for sm_80 and sm_90; then the installed module must load (undefined symbols show up only there), have
-# both its CPU and CUDA kernels registered, give the reference's CPU results, and carry sm_80/sm_90 code.
+# its four ops registered for CPU, CUDA and Meta, give the reference's CPU results (contract v2, every
+# switch), and carry sm_80/sm_90 code.
 # Exits non-zero on any failure.
 #
 # Env: SANER_CUDA_VENV (default <repo>/.venv-cuda, reused when it has torch 2.14.1+cu*), CUDA_HOME
@@ -62,32 +63,37 @@ import torch
 sys.path.insert(0, sys.argv[1])  # contract_cases only; saner_kernels comes from site-packages
 import saner_kernels
 from saner_kernels import _C
-from saner_kernels.ops import native, reference
+from saner_kernels.ops import native, reference, resolve_backend
 import contract_cases as cc
 
+OPS = ("grad_sq_norm", "perturb_", "update_", "restore_")
 assert "site-packages" in saner_kernels.__file__, saner_kernels.__file__
 assert _C.WITH_CUDA, "the extension was built without its CUDA kernels"
-for op in ("grad_sq_norm", "perturb_", "update_"):
+for op in OPS:
+    overload = getattr(torch.ops.saner_kernels, op).default
     for key in ("CPU", "CUDA", "Meta"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"saner_kernels::{op}", key), (op, key)
-ok, reason = native.CPP.is_available("cpu")
+        assert overload.has_kernel_for_dispatch_key(key), (op, key)
+ok, reason = native.is_available("cpu")
 assert ok, reason
 if not torch.cuda.is_available():
-    ok, reason = native.CUDA.is_available("cuda")
+    ok, reason = native.is_available("cuda")
     assert not ok and reason == "CUDA is not available", reason
+cpp = resolve_backend("cpp", "cpu")
 bad = []
 for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-    t = cc.make_bucket_tensors(4096 + 5, dtype, seed=1)
+    t = cc.make_bucket_tensors(4096 + 5, dtype, seed=1, pad=64)
     for sw in cc.SWITCHES:
         try:
-            cc.assert_same_step(cc.run_step(native.CPP, t, **sw), cc.run_step(reference, t, **sw), dtype)
+            got = cc.run_step(cpp, t, n_valid=4096 + 5 - 64, **sw)
+            cc.assert_same_step(got, cc.run_step(reference, t, n_valid=4096 + 5 - 64, **sw), dtype)
         except AssertionError as exc:
             bad.append((dtype, sw, str(exc)[:200]))
-    got, exp = native.CPP.grad_sq_norm(t["g"], t["w"]), reference.grad_sq_norm(t["g"], t["w"])
+    got, exp = cpp.grad_sq_norm(t["g"], t["w"]), reference.grad_sq_norm(t["g"], t["w"])
     torch.testing.assert_close(got.double(), exp.double(), rtol=1e-6, atol=0.0)
 assert not bad, bad
 print("module", _C.__file__)
-print("CPU and CUDA kernels registered; CPU results match the reference; cpu isa:", _C.cpu_capability())
+print("ops", ", ".join(OPS), "registered for CPU, CUDA and Meta; CPU steps match the reference; cpu isa:",
+      _C.cpu_capability(), "of", _C.CPU_CAPABILITIES)
 with open("so_path", "w") as f:
     f.write(_C.__file__)
 PY
@@ -104,4 +110,4 @@ echo "$ELF" | sed 's/^/  /'
 for arch in sm_80 sm_90; do
   echo "$ELF" | grep -q "$arch" || { echo "no $arch code in the built library" >&2; exit 1; }
 done
-say "OK: CUDA op built, loads, registered for CPU and CUDA, sm_80 + sm_90 code present"
+say "OK: CUDA op built, loads, registered for CPU, CUDA and Meta, sm_80 + sm_90 code present"

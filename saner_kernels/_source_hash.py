@@ -1,6 +1,7 @@
 """Hash of the native sources in ``csrc/``, shared by setup.py (baked into the build) and
 ops/native.py (compared at import to spot a stale build). No torch import: setup.py loads this file
 by path before the package is importable."""
+
 import hashlib
 import os
 

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from contract_cases import DTYPES, SWITCHES, assert_same_step, make_bucket_tensors, no_skip, run_step, scale_for
 
 from saner_kernels._source_hash import source_hash
 from saner_kernels.ops import available_backends, native, reference, resolve_backend
 from saner_kernels.ops.hyper import UpdateHyper
-
-from contract_cases import (DTYPES, SWITCHES, assert_same_step, make_bucket_tensors, no_skip, run_step,
-                            scale_for)
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parent.parent
@@ -143,7 +141,9 @@ def test_baseline_isa_build(cpp, isa, n, dtype, switches):
     got, exp = run_step(cpp, t, **switches), run_step(reference, t, **switches)
     if dtype == torch.float64:  # compared in fp64: unfused fmadds differ from torch's by an fp64 ulp
         for name in exp:
-            torch.testing.assert_close(got[name], exp[name], rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(
+                got[name], exp[name], rtol=1e-12, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}"
+            )
     else:
         assert_same_step(got, exp, dtype)
     got = cpp.grad_sq_norm(t["g"], t["w"])
@@ -153,8 +153,9 @@ def test_baseline_isa_build(cpp, isa, n, dtype, switches):
 
 def _python(code: str, cwd=None, **env) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_baseline_isa_bit_identical_under_torch_default_isa(cpp):
@@ -185,8 +186,13 @@ def test_deterministic_across_thread_counts(cpp):
         results = []
         for n_threads in sorted({1, 2, 3, threads}):
             torch.set_num_threads(n_threads)
-            results.append((cpp.grad_sq_norm(t["g"]), cpp.grad_sq_norm(t["g"], t["w"]),
-                            run_step(cpp, t, n_valid=300032 - 1000, **SWITCHES[-1])))  # fmt: skip
+            results.append(
+                (
+                    cpp.grad_sq_norm(t["g"]),
+                    cpp.grad_sq_norm(t["g"], t["w"]),
+                    run_step(cpp, t, n_valid=300032 - 1000, **SWITCHES[-1]),
+                )
+            )
     finally:
         torch.set_num_threads(threads)
     first = results[0]
@@ -270,10 +276,24 @@ def _opcheck_all(device: str, adaptive: bool) -> None:
     opcheck(ops.grad_sq_norm.default, (t["g"], t["w"] if adaptive else None))
     opcheck(ops.perturb_.default, (t["w"].clone(), t["g"], s, skip), dict(e=e, g_sgd=t["g_sgd"].clone()))
     for stats, zero_grads in ((None, False), (torch.zeros(3, dtype=torch.int64, device=device), True)):
-        opcheck(ops.update_.default, (t["w"].clone(), t["g_sam"].clone(), t["g"].clone(), t["buf"].clone(), s, skip),
-                dict(lr=hyper.lr, momentum=hyper.momentum, dampening=hyper.dampening,
-                     weight_decay=hyper.weight_decay, alpha=hyper.alpha, eps=hyper.eps, nesterov=hyper.nesterov, e=e,
-                     first_momentum_step=False, zero_grads=zero_grads, stats=stats, n_valid=1000))  # fmt: skip
+        opcheck(
+            ops.update_.default,
+            (t["w"].clone(), t["g_sam"].clone(), t["g"].clone(), t["buf"].clone(), s, skip),
+            dict(
+                lr=hyper.lr,
+                momentum=hyper.momentum,
+                dampening=hyper.dampening,
+                weight_decay=hyper.weight_decay,
+                alpha=hyper.alpha,
+                eps=hyper.eps,
+                nesterov=hyper.nesterov,
+                e=e,
+                first_momentum_step=False,
+                zero_grads=zero_grads,
+                stats=stats,
+                n_valid=1000,
+            ),
+        )
     opcheck(ops.restore_.default, (t["w"].clone(), s, skip), dict(g_sgd=t["g"], e=e))
 
 

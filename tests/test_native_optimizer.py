@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from contract_cases import OPTIMIZER_RTOL
+from toy_models import MODELS, batches, loss_fn, max_rel_err, run_saner, twin
 
 from saner_kernels import SAM, SANER
 from saner_kernels.ops import native
-
-from contract_cases import OPTIMIZER_RTOL
-from toy_models import MODELS, batches, loss_fn, max_rel_err, run_saner, twin
 
 N_STEPS = 10
 
@@ -57,8 +56,13 @@ def assert_close_runs(out, rtol, atol):
     assert s_cpp.keys() == s_ref.keys()
     for k in s_cpp:
         for name, v in s_cpp[k].items():
-            torch.testing.assert_close(v.double(), s_ref[k][name].double(), rtol=rtol, atol=atol,
-                                       msg=lambda m: f"state {k} {name}: {m}")  # fmt: skip
+            torch.testing.assert_close(
+                v.double(),
+                s_ref[k][name].double(),
+                rtol=rtol,
+                atol=atol,
+                msg=lambda m, k=k, name=name: f"state {k} {name}: {m}",
+            )
 
 
 CONFIGS = [
@@ -75,16 +79,24 @@ CONFIGS = [
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "defaults")
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_saner_cpp_matches_reference(kind, config, zero_grad):
-    out = run_pair(kind, torch.float32, lambda p, b: SANER(p, lr=0.05, backend=b, track_groups=True, **config),
-                   run=lambda m, o, d: train(m, o, d, zero_grad))  # fmt: skip
+    out = run_pair(
+        kind,
+        torch.float32,
+        lambda p, b: SANER(p, lr=0.05, backend=b, track_groups=True, **config),
+        run=lambda m, o, d: train(m, o, d, zero_grad),
+    )
     assert_close_runs(out, OPTIMIZER_RTOL["kernel"], atol=1e-6)
     fa, fb = out["cpp"][1].group_fractions(), out["reference"][1].group_fractions()
     assert abs(fa["B"] - fb["B"]) <= 0.02 and abs(fa["A"] - fb["A"]) <= 0.02, (fa, fb)
 
 
 def test_saner_cpp_closure_api():
-    out = run_pair("conv", torch.float32, lambda p, b: SANER(p, lr=0.05, backend=b, alpha=0.5),
-                   run=lambda m, o, d: run_saner(m, o, d, closure_api=True))  # fmt: skip
+    out = run_pair(
+        "conv",
+        torch.float32,
+        lambda p, b: SANER(p, lr=0.05, backend=b, alpha=0.5),
+        run=lambda m, o, d: run_saner(m, o, d, closure_api=True),
+    )
     assert_close_runs(out, OPTIMIZER_RTOL["kernel"], atol=1e-6)
 
 

@@ -132,8 +132,9 @@ def _warn_unusable_build(name: str) -> None:
     problem = backend.build_problem() if backend is not None and hasattr(backend, "build_problem") else ""
     if problem and problem not in _WARNED:
         _WARNED.add(problem)
-        warnings.warn(f"saner_kernels: backend='auto' falls back from {name!r}: {problem}", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"saner_kernels: backend='auto' falls back from {name!r}: {problem}", RuntimeWarning, stacklevel=3
+        )
 
 
 def check_backend_name(name: str) -> None:

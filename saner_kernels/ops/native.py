@@ -118,10 +118,25 @@ def update_(
     n_valid: Optional[int] = None,
 ) -> None:
     torch.ops.saner_kernels.update_(
-        w, g, g_sgd, buf, scale, skip, lr=hyper.lr, momentum=hyper.momentum, dampening=hyper.dampening,
-        weight_decay=hyper.weight_decay, alpha=hyper.alpha, eps=hyper.eps, nesterov=hyper.nesterov, e=e,
-        first_momentum_step=first_momentum_step, zero_grads=zero_grads, stats=stats, n_valid=n_valid,
-    )  # fmt: skip
+        w,
+        g,
+        g_sgd,
+        buf,
+        scale,
+        skip,
+        lr=hyper.lr,
+        momentum=hyper.momentum,
+        dampening=hyper.dampening,
+        weight_decay=hyper.weight_decay,
+        alpha=hyper.alpha,
+        eps=hyper.eps,
+        nesterov=hyper.nesterov,
+        e=e,
+        first_momentum_step=first_momentum_step,
+        zero_grads=zero_grads,
+        stats=stats,
+        n_valid=n_valid,
+    )
 
 
 def restore_(
