@@ -23,8 +23,8 @@ HEADLINE_MIN_REPS = 9
 
 @dataclass(frozen=True)
 class Timing:
-    """How many alternating pairs a row gets: ``reps``, or fewer (not under ``min_reps``, headline rows never
-    under ``HEADLINE_MIN_REPS``) once ``max_seconds`` have passed."""
+    """How many alternating pairs a row gets: ``reps`` (at least ``HEADLINE_MIN_REPS``), or once ``max_seconds``
+    have passed as few as ``min_reps``; the headline rows always get all ``reps``."""
 
     reps: int
     min_reps: int
