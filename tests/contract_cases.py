@@ -134,12 +134,15 @@ def no_skip(device) -> Tensor:
 
 def run_step(ops, tensors: dict[str, Tensor], *, adaptive: bool, nesterov: bool, first_momentum_step: bool,
              alpha: float, track_groups: bool, swap: bool = True, scale: Optional[Tensor] = None,
-             skip: Optional[Tensor] = None, lr: float = 0.1, momentum: float = 0.9, dampening: float = 0.0,
-             weight_decay: float = 5e-4, eps: float = EPS, n_valid: Optional[int] = None) -> dict[str, Tensor]:
+             skip: Optional[Tensor] = None, update_skip: Optional[Tensor] = None, lr: float = 0.1,
+             momentum: float = 0.9, dampening: float = 0.0, weight_decay: float = 5e-4, eps: float = EPS,
+             n_valid: Optional[int] = None, inv_scale: Optional[Tensor] = None) -> dict[str, Tensor]:
     """perturb_ then update_ with ``ops`` on a copy of ``tensors``; returns the final tensors (+ stats, e).
 
     ``swap``: the optimizer's zero_grad=True path: g itself becomes g_sgd (no copy) and the update zeroes
     both gradient buffers. Otherwise perturb_ copies g into g_sgd and the update zeroes nothing.
+    ``skip`` goes to both ops, ``update_skip`` (default: ``skip``) to the update only: an overflow found in
+    the second pass. ``inv_scale``: both gradients are scaled and the update unscales them.
     """
     t = clone_all(tensors)
     device = t["w"].device
@@ -147,6 +150,8 @@ def run_step(ops, tensors: dict[str, Tensor], *, adaptive: bool, nesterov: bool,
         scale = scale_for(t, adaptive=adaptive)
     if skip is None:
         skip = no_skip(device)
+    if update_skip is None:
+        update_skip = skip
     e = torch.zeros_like(t["w"]) if adaptive else None
     if swap:
         ops.perturb_(t["w"], t["g"], scale, skip, e=e)
@@ -159,9 +164,9 @@ def run_step(ops, tensors: dict[str, Tensor], *, adaptive: bool, nesterov: bool,
     hyper = UpdateHyper(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, alpha=alpha,
                         eps=eps, nesterov=nesterov)
     buf = t["buf"] if momentum != 0 else None
-    ops.update_(t["w"], t["g_sam"], g_sgd, buf, scale, skip, hyper, e=e,
+    ops.update_(t["w"], t["g_sam"], g_sgd, buf, scale, update_skip, hyper, e=e,
                 first_momentum_step=first_momentum_step and buf is not None, zero_grads=swap, stats=stats,
-                n_valid=n_valid)
+                n_valid=n_valid, inv_scale=inv_scale)
     if stats is not None:
         t["stats"] = stats
     if e is not None:
@@ -181,8 +186,8 @@ def assert_same_step(actual: dict[str, Tensor], expected: dict[str, Tensor], dty
 
 
 def assert_step_skipped(got: dict[str, Tensor], before: dict[str, Tensor], swap: bool) -> None:
-    """A skipped step wrote no weight, momentum, e or count; the gradient buffers are zero when the
-    update was asked to zero them (swap), untouched otherwise."""
+    """A step skipped in the first pass (scale 0, both ops skipped) wrote no weight, momentum, e or count;
+    the gradient buffers are zero when the update was asked to zero them (swap), untouched otherwise."""
     for name in ("w", "buf"):
         assert torch.equal(got[name], before[name]), f"{name} was written on a skipped step"
     for name in ("g", "g_sam") + (() if swap else ("g_sgd",)):

@@ -170,14 +170,43 @@ def test_stats_accumulate(backend):
 
 
 # --------------------------------------------------------------------------- skip, restore, edge cases
-@pytest.mark.parametrize("swap", [False, True])
 @pytest.mark.dtypes(DTYPES)
-def test_skip_writes_nothing(backend, dtype, swap):
+@pytest.mark.parametrize("swap", [False, True])
+def test_skip_in_the_first_pass_writes_nothing(backend, dtype, swap):
+    """The optimizer's first-pass skip: both ops skipped, scale 0; g_sgd may hold inf."""
     t = backend.tensors(65536 + 5, dtype, seed=41)
-    skip = torch.ones((), device=backend.device)
+    t["g"][3] = float("inf")
+    skip, zero = torch.ones((), device=backend.device), torch.zeros((), device=backend.device)
     for sw in (SWITCHES[-1], SWITCHES[4]):
-        got = run_step(backend.ops, t, skip=skip, **dict(sw, swap=swap))
+        got = run_step(backend.ops, t, skip=skip, scale=zero, **dict(sw, swap=swap))
         assert_step_skipped(got, t, swap)
+
+
+@pytest.mark.dtypes(DTYPES)
+@pytest.mark.parametrize("swap", [False, True])
+def test_skip_in_the_second_pass_restores_only(backend, dtype, swap):
+    """An overflow found in the second pass: the update only restores w (w + e - e), no momentum, no counts."""
+    t = backend.tensors(65536 + 5, dtype, seed=43)
+    skip = torch.ones((), device=backend.device)
+    for sw in (SWITCHES[-1], SWITCHES[4], SWITCHES[0]):
+        sw = dict(sw, swap=swap)
+        got = run_step(backend.ops, t, update_skip=skip, **sw)
+        exp = run_step(backend.expected(dtype), t, update_skip=skip, **sw)
+        assert_same_step(got, exp, dtype)
+        assert torch.equal(got["buf"], t["buf"])
+        if "stats" in got:
+            assert not got["stats"].any()
+
+
+@pytest.mark.parametrize("switches", SWITCHES[::5], ids=_id)
+def test_update_unscales_both_gradients(backend, dtype, switches):
+    """``inv_scale``: GradScaler's scaled gradients (x 2^10 here) are unscaled inside the update."""
+    t = backend.tensors(1003, dtype, seed=71)
+    for name in ("g", "g_sam"):
+        t[name] = t[name] * 1024
+    inv = torch.tensor(2.0**-10, device=backend.device)
+    got = run_step(backend.ops, t, inv_scale=inv, **switches)
+    assert_same_step(got, run_step(backend.expected(dtype), t, inv_scale=inv, **switches), dtype)
 
 
 @pytest.mark.parametrize("adaptive", [False, True])

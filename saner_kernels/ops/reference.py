@@ -10,8 +10,13 @@ Common arguments:
 - ``scale``: the perturbation scale ``s = rho / (N + 1e-12)``, a 0-dim fp32 tensor on the bucket's
   device (fp64 for fp64 buckets); always finite.
 - ``skip``: a 0-dim fp32 tensor on the bucket's device, like ``found_inf`` in ``torch._fused_sgd_``:
-  nonzero means "skip this step": no weight, perturbation, momentum or group count is written. (The
-  zeroing of gradient buffers that ``update_`` is asked for still happens: the user asked for it.)
+  nonzero means "skip this step": ``perturb_`` and ``restore_`` write nothing; ``update_`` only restores
+  ``w <- w - e`` (the perturbation may have happened before an overflow in the second pass was found) and
+  writes no momentum and no group count. (The zeroing of gradient buffers that ``update_`` is asked for
+  still happens: the user asked for it.)
+- The ``e`` that ``update_`` and ``restore_`` subtract is the stored one (adaptive) or ``g_sgd * scale``,
+  and exactly ``+0`` when ``scale == 0``: the optimizer passes scale 0 when the perturbation was skipped
+  (``g_sgd`` may then hold inf/NaN, and a stored ``e`` is stale).
 
 The ops:
 
@@ -25,9 +30,11 @@ The ops:
     ``first_step(zero_grad=False)``; with ``zero_grad=True`` the bucket swaps its two gradient buffers
     instead, so the buffer holding ``g`` simply becomes ``g_sgd``.
 ``update_(w, g, g_sgd, buf, scale, skip, hyper, *, e=None, first_momentum_step=False, zero_grads=False,
-          stats=None, n_valid=None) -> None``
+          stats=None, n_valid=None, inv_scale=None) -> None``
     restore ``w <- w - e`` (``e = g_sgd * scale`` recomputed, the very product perturb_ added, or the
-    stored ``e`` when adaptive), reweight Group B by ``hyper.alpha``, add weight decay, SGD momentum
+    stored ``e`` when adaptive), unscale both gradients by ``inv_scale`` when given (a 0-dim fp32 tensor
+    on the device: GradScaler's ``1 / scale``; ``e`` is still recomputed from the stored, scaled
+    ``g_sgd``), reweight Group B by ``hyper.alpha``, add weight decay, SGD momentum
     (``buf`` is None when ``hyper.momentum == 0``), ``w <- w - lr * d``. ``zero_grads``: write zeros to
     ``g`` and ``g_sgd`` after reading them (skipped or not). ``stats``, when given, is an int64 tensor
     of 3 counters that gets ``+= (#A, #B, #C)`` over the first ``n_valid`` elements (default: all).
@@ -100,7 +107,9 @@ def perturb_(w: Tensor, g: Tensor, scale: Tensor, skip: Tensor, *, e: Optional[T
 
 
 def _perturbation(scale: Tensor, g_sgd: Optional[Tensor], e: Optional[Tensor]) -> Tensor:
-    return _f32(e) if e is not None else _f32(g_sgd) * scale
+    """The ``e`` to subtract: stored (adaptive) or recomputed, and +0 when nothing was perturbed."""
+    e32 = _f32(e) if e is not None else _f32(g_sgd) * scale
+    return torch.where(scale == 0, torch.zeros_like(e32), e32)
 
 
 def update_(
@@ -117,11 +126,15 @@ def update_(
     zero_grads: bool = False,
     stats: Optional[Tensor] = None,
     n_valid: Optional[int] = None,
+    inv_scale: Optional[Tensor] = None,
 ) -> None:
     keep = _keep(skip)
+    w32 = _f32(w) - _perturbation(scale, g_sgd, e)
     g32 = _f32(g)
     g_sgd32 = _f32(g_sgd)
-    w32 = _f32(w) - _perturbation(scale, g_sgd, e)
+    if inv_scale is not None:
+        g32 = g32 * inv_scale
+        g_sgd32 = g_sgd32 * inv_scale
 
     d = g32
     if hyper.alpha != 1.0 or stats is not None:
@@ -145,7 +158,7 @@ def update_(
             new_buf = _f32(buf).mul(hyper.momentum).add_(d, alpha=1.0 - hyper.dampening)
         d = d.add(new_buf, alpha=hyper.momentum) if hyper.nesterov else new_buf
         buf.copy_(torch.where(keep, new_buf, _f32(buf)))
-    w.copy_(torch.where(keep, w32.add(d, alpha=-hyper.lr), _f32(w)))
+    w.copy_(torch.where(keep, w32.add(d, alpha=-hyper.lr), w32))  # skipped: restored only
     if zero_grads:
         g.zero_()
         g_sgd.zero_()
