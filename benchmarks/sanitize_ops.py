@@ -5,9 +5,10 @@
     python -m benchmarks.sanitize_ops --device cpu               # reference and cpp: the same logic, no GPU
 
 Calls ``grad_sq_norm``, ``perturb_``, ``update_`` and ``restore_`` (contract v2, ``saner_kernels/ops/
-reference.py``) with every optional tensor present and absent, skipped and not, on lengths 1, 1003 and
-65573 (not multiples of the bucket's 128-element padding, nor of any vector width), as fresh tensors and as
-unaligned views ``buffer[1:]``, in every storage dtype the backend lists (fp64 for ``cuda``/``cpp``).
+reference.py``) with every optional tensor (``e``, ``g_sgd``, ``buf``, ``stats``, ``inv_scale``) present and
+absent, skipped and not, on lengths 1, 1003 and 65573 (not multiples of the bucket's 128-element padding, nor
+of any vector width), as fresh tensors and as unaligned views ``buffer[1:]``, in every storage dtype the
+backend lists (fp64 for ``cuda``/``cpp``).
 
 Memory errors show up three ways: memcheck (GPU; run without the caching allocator so that each tensor is
 its own allocation and a read past its end is out of bounds), a canary element before every unaligned view
@@ -156,6 +157,7 @@ def calls(backend, case: Case) -> list[tuple[str, Callable[[], Optional[str]]]]:
             "update_(e=, stats, zero_grads, first momentum step)",
             update(0.0, hyper, c.buf, zero_grads=True, stats=True, e=c.e, first_momentum_step=True),
         ),
+        ("update_(inv_scale=)", update(0.0, hyper, c.buf, zero_grads=False, stats=False, inv_scale=flag(1 / 64, dev))),
         ("update_(no momentum, alpha 1, zero_grads)", update(0.0, sam_no_momentum, None, zero_grads=True, stats=False)),
         ("update_(skip, stats, zero_grads)", update(1.0, hyper, c.buf, zero_grads=True, stats=True)),
         ("restore_(g_sgd=)", restore(g_sgd=c.g_sgd)),
