@@ -65,6 +65,7 @@ class FlatBucket:
         self._grad_buffers = (zeros(), zeros())
         self._current = 0  # which of the two gradient buffers the parameters' .grad views point into
         self.spare_is_zero = True  # flat_g_sgd holds only zeros: it can become the gradient buffer as is
+        self._carriers: list[Optional[Tensor]] = [None, None]
         self.flat_momentum: Optional[Tensor] = None
         self.flat_e: Optional[Tensor] = None
         self.strides = [_dense_strides(p) for p in params]
@@ -111,6 +112,17 @@ class FlatBucket:
         with torch.no_grad():
             for p, view in zip(self.params, self.grad_views):
                 p.grad = view
+
+    def g_sgd_carrier(self) -> Tensor:
+        """A tensor whose ``.grad`` is the valid part of ``flat_g_sgd`` (no copy): what a GradScaler is shown
+        so that it checks and unscales g_SGD too (saner_kernels/amp.py)."""
+        i = 1 - self._current
+        if self._carriers[i] is None:
+            g_sgd = self._grad_buffers[i][: self.n_valid]
+            carrier = g_sgd.detach()  # a leaf that shares the buffer: no memory of its own
+            carrier.grad = g_sgd
+            self._carriers[i] = carrier
+        return self._carriers[i]
 
     # ------------------------------------------------------------------ state buffers
     def momentum(self) -> list[Tensor]:

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.optim.optimizer import required
 
 from . import ops
+from .amp import ScalerBridge, is_g_sgd_group, scaler_inputs
 from .buckets import FlatBucket
 from .ops.hyper import UpdateHyper
 
@@ -59,6 +60,10 @@ class _NonFiniteWatch:
         self._event = None
         self._recorded = False
         self._warned = False
+
+    def expect_skips(self) -> None:
+        """A GradScaler steps this optimizer: skipped steps are its routine (scale backoff), not worth a warning."""
+        self._warned = True
 
     def add(self, skip: Tensor) -> None:
         if self.count is None:
@@ -106,8 +111,18 @@ class _StepState:
     def __init__(self, swapped: bool):
         self.swapped = swapped
         self.scales: dict[tuple[int, int], Tensor] = {}  # (group index, bucket index) -> s on the bucket's device
-        self.skip: Optional[Tensor] = None  # 0-dim fp32 on the first bucket's device: nonzero = skip
+        self._skip: Optional[Tensor] = None
         self._skip_by_device: dict[torch.device, Tensor] = {}
+
+    @property
+    def skip(self) -> Optional[Tensor]:
+        """0-dim fp32 on the first bucket's device: nonzero = skip. None when there are no buckets."""
+        return self._skip
+
+    @skip.setter
+    def skip(self, value: Tensor) -> None:
+        self._skip = value
+        self._skip_by_device = {}
 
     def skip_on(self, device: torch.device) -> Tensor:
         """The skip flag on ``device`` (one copy per device, made once per step)."""
@@ -165,7 +180,12 @@ class SANER(torch.optim.Optimizer):
         self._step: Optional[_StepState] = None  # set by first_step, cleared by second_step
         self._nonfinite = _NonFiniteWatch()
         self._group_counts: Optional[tuple] = None  # (per-device A/B/C counts, the step's skip flag)
+        self._scaler_bridge = ScalerBridge()  # g_SGD seen by a GradScaler between the two steps
         super().__init__(params, defaults)
+
+    # GradScaler.step(opt) hands this optimizer ``grad_scale`` and ``found_inf`` and calls ``step()``, which
+    # completes the step begun by first_step(); the unscaling happens inside the fused update.
+    _step_supports_amp_scaling = True
 
     # ------------------------------------------------------------------ torch.optim plumbing
     def add_param_group(self, param_group: dict) -> None:
@@ -202,6 +222,18 @@ class SANER(torch.optim.Optimizer):
                     else:
                         view.zero_()
 
+    def state_dict(self) -> dict:
+        """torch's layout; the g_SGD group a GradScaler sees during a step is not part of it."""
+        bridge_group = self._scaler_bridge.group
+        if bridge_group is None:
+            return super().state_dict()
+        self._scaler_bridge.withdraw(self.param_groups)
+        try:
+            return super().state_dict()
+        finally:
+            self._scaler_bridge.group = bridge_group
+            self.param_groups.append(bridge_group)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero gradients. Bucketed gradients are zeroed in place whatever ``set_to_none`` says."""
         bucketed = set()
@@ -210,6 +242,8 @@ class SANER(torch.optim.Optimizer):
                 bucket.zero_grad()
                 bucketed.update(id(p) for p in bucket.params)
         for group in self.param_groups:
+            if is_g_sgd_group(group):  # g_SGD between the two steps: not the user's gradients
+                continue
             for p in group["params"]:
                 if p.grad is None or id(p) in bucketed:
                     continue
@@ -224,7 +258,8 @@ class SANER(torch.optim.Optimizer):
 
     @property
     def skipped_steps(self) -> int:
-        """Steps skipped because the first gradient's norm was not finite (reads the device)."""
+        """Steps skipped for a non-finite gradient: the first one's norm, or an overflow GradScaler found in
+        either pass (reads the device)."""
         return self._nonfinite.total()
 
     # ------------------------------------------------------------------ buckets
@@ -305,7 +340,6 @@ class SANER(torch.optim.Optimizer):
             norm = total.sqrt()
             finite = torch.isfinite(norm)
             step.skip = (~finite).float()
-            self._nonfinite.add(step.skip)
             for gi, bi, group, bucket, backend in self._all_buckets():
                 scale = torch.where(finite, group["rho"] / (norm + _NORM_EPS), torch.zeros_like(norm))
                 scale = scale.to(device=bucket.device, non_blocking=True,
@@ -323,6 +357,9 @@ class SANER(torch.optim.Optimizer):
         self._step = step
         if zero_grad:
             self._zero_unbucketed_grads()
+        carriers = [bucket.g_sgd_carrier() for bucket in self.buckets()]
+        if carriers:
+            self._scaler_bridge.expose(self.param_groups, carriers)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
@@ -330,19 +367,32 @@ class SANER(torch.optim.Optimizer):
         step = self._step
         if step is None:
             raise RuntimeError("second_step() was called before first_step(). " + _STEP_API_HELP)
+        self._scaler_bridge.withdraw(self.param_groups)
         self._check_grads()
         for _, _, _, bucket, _ in self._all_buckets():
             if not bucket.params_bound():
                 raise RuntimeError("a parameter's storage was replaced between first_step() and second_step() "
                                    "(model.to(), p.data = ...); do that outside a SANER step.")
+        grad_scale, found_inf = scaler_inputs(self)
+        if found_inf is not None:  # GradScaler is stepping us: its overflow check covered both passes
+            step.skip = torch.maximum(step.skip, (found_inf.to(step.skip.device) != 0).float())
+            self._nonfinite.expect_skips()
+        if step.skip is not None:
+            self._nonfinite.add(step.skip)
         counts: dict[torch.device, Tensor] = {}  # Group A, B, C counters, one per device
         for gi, bi, group, bucket, backend in self._all_buckets():
             bucket.gather_grads()
             stats = None
             if self.track_groups:
                 stats = counts.setdefault(bucket.device, torch.zeros(3, dtype=torch.int64, device=bucket.device))
-            self._update_bucket(group, bucket, backend, step.scales[gi, bi], step.skip_on(bucket.device), stats,
-                                zero_grad)
+            scale = step.scales[gi, bi]
+            inv_scale = None
+            if grad_scale is not None:  # scaled gradients: unscaled inside the update, as GradScaler's 1/scale
+                inv_scale = grad_scale.double().reciprocal().float().to(bucket.device)
+            if found_inf is not None:  # after scaler.unscale_(opt) g_SGD is unscaled: recompute e = g_SGD * s
+                scale = scale / self._scaler_bridge.applied_factor(bucket.device).to(scale.dtype)
+            self._update_bucket(group, bucket, backend, scale, step.skip_on(bucket.device), stats, zero_grad,
+                                inv_scale)
             if zero_grad:
                 bucket.spare_is_zero = True  # the update zeroed both gradient buffers
         if self.track_groups:
@@ -354,7 +404,7 @@ class SANER(torch.optim.Optimizer):
             self._zero_unbucketed_grads()
 
     def _update_bucket(self, group: dict, bucket: FlatBucket, backend, scale: Tensor, skip: Tensor,
-                       stats: Optional[Tensor], zero_grads: bool) -> None:
+                       stats: Optional[Tensor], zero_grads: bool, inv_scale: Optional[Tensor]) -> None:
         hyper = UpdateHyper.from_group(group)
         has_momentum = hyper.momentum != 0
         initialized = [self._momentum_of(p) is not None for p in bucket.params] if has_momentum else []
@@ -367,7 +417,7 @@ class SANER(torch.optim.Optimizer):
         if not has_momentum or all(initialized) or not any(initialized) or hyper.dampening == 0:
             # With zero dampening a zero buffer makes "later step" equal "first step" bit for bit.
             backend.update_(*tensors, scale, skip, hyper, e=e, first_momentum_step=has_momentum and not any(initialized),
-                            zero_grads=zero_grads, stats=stats, n_valid=bucket.n_valid)
+                            zero_grads=zero_grads, stats=stats, n_valid=bucket.n_valid, inv_scale=inv_scale)
         else:
             # Some params take their first momentum step and others a later one, with dampening: rare (a
             # layer unfrozen mid-training). One update per run of parameters in the same state, through the
@@ -375,7 +425,8 @@ class SANER(torch.optim.Optimizer):
             for first, lo, hi in _runs(bucket, [not i for i in initialized]):
                 piece = [t[lo:hi] if t is not None else None for t in tensors]
                 backend.update_(*piece, scale, skip, hyper, e=e[lo:hi] if e is not None else None,
-                                first_momentum_step=first, zero_grads=zero_grads, stats=stats, n_valid=hi - lo)
+                                first_momentum_step=first, zero_grads=zero_grads, stats=stats, n_valid=hi - lo,
+                                inv_scale=inv_scale)
         if has_momentum and not all(initialized):
             # A skipped first step must leave the state as it was (no momentum buffer): read the skip
             # flag here. It is the only host sync, and only on a parameter's first momentum step.
@@ -393,13 +444,18 @@ class SANER(torch.optim.Optimizer):
                     p.grad.zero_()
 
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
-        """One full SANER step with a closure (davda54/sam style).
+        """One full SANER step with a closure (davda54/sam style), or the second half of a step.
 
-        Call it after the first ``loss.backward()``; the closure re-evaluates the model (forward and
-        backward, without zero_grad) at the perturbed weights and returns the loss.
+        With a closure: call it after the first ``loss.backward()``; the closure re-evaluates the model
+        (forward and backward, without zero_grad) at the perturbed weights and returns the loss.
+        Without one, after ``first_step()``: ``second_step(zero_grad=True)``. This is what
+        ``torch.amp.GradScaler.step(opt)`` calls, handing over its scale and ``found_inf``.
         """
         if closure is None:
-            raise RuntimeError("step() needs a closure. " + _STEP_API_HELP)
+            if self._step is not None:  # GradScaler.step(opt), or a plain step() after first_step()
+                self.second_step(zero_grad=True)
+                return None
+            raise RuntimeError("step() needs a closure, or a first_step() before it. " + _STEP_API_HELP)
         closure = torch.enable_grad()(closure)
         self.first_step(zero_grad=True)
         try:
@@ -414,6 +470,7 @@ class SANER(torch.optim.Optimizer):
     def _undo_perturbation(self) -> None:
         """Restore w (and g_SGD in ``p.grad``) after a failed closure, so an exception in it loses nothing."""
         step = self._step
+        self._scaler_bridge.withdraw(self.param_groups)
         for gi, bi, group, bucket, backend in self._all_buckets():
             backend.restore_(bucket.flat_param, step.scales[gi, bi], step.skip_on(bucket.device),
                              g_sgd=bucket.flat_g_sgd, e=bucket.flat_e if group["adaptive"] else None)
