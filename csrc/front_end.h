@@ -47,6 +47,16 @@ inline void check_skip(const at::Tensor& skip, const at::Tensor& like) {
               ", expected the tensors' device ", like.device());
 }
 
+// inv_scale: GradScaler's 1 / scale, one fp32 value on the tensors' device.
+inline void check_inv_scale(const std::optional<at::Tensor>& inv_scale, const at::Tensor& like) {
+  if (!inv_scale.has_value()) return;
+  TORCH_CHECK(inv_scale->numel() == 1 && inv_scale->scalar_type() == at::kFloat,
+              "saner_kernels: inv_scale must be a 0-dim float32 tensor, got ", inv_scale->scalar_type(),
+              " of shape ", inv_scale->sizes());
+  TORCH_CHECK(inv_scale->device() == like.device(), "saner_kernels: inv_scale is on ", inv_scale->device(),
+              ", expected the tensors' device ", like.device());
+}
+
 inline void check_stats(const std::optional<at::Tensor>& stats, const at::Tensor& like) {
   if (!stats.has_value()) return;
   TORCH_CHECK(stats->scalar_type() == at::kLong && stats->numel() == 3 && stats->is_contiguous() &&

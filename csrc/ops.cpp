@@ -22,7 +22,7 @@ void perturb_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const
 void update_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                  const at::Tensor&, const at::Tensor&, double, double, double, double, double, double, bool,
                  const std::optional<at::Tensor>&, bool, bool, const std::optional<at::Tensor>&,
-                 std::optional<int64_t>) {}
+                 std::optional<int64_t>, const std::optional<at::Tensor>&) {}
 void restore_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                   const std::optional<at::Tensor>&) {}
 
@@ -37,7 +37,7 @@ TORCH_LIBRARY(saner_kernels, m) {
       "update_(Tensor(a!) w, Tensor(b!) g, Tensor(c!) g_sgd, Tensor(d!)? buf, Tensor scale, Tensor skip, *, "
       "float lr, float momentum, float dampening, float weight_decay, float alpha, float eps, bool nesterov, "
       "Tensor? e=None, bool first_momentum_step=False, bool zero_grads=False, Tensor(e!)? stats=None, "
-      "int? n_valid=None) -> ()");
+      "int? n_valid=None, Tensor? inv_scale=None) -> ()");
   m.def("restore_(Tensor(a!) w, Tensor scale, Tensor skip, *, Tensor? g_sgd=None, Tensor? e=None) -> ()");
 }
 

@@ -108,6 +108,20 @@ def test_avx2_library_defines_only_avx2_symbols():
     assert sum(bool(entry_point.match(s)) for s in exported) == 4  # fp32, fp64, bf16, fp16 tables
 
 
+# Besides a plain step: GradScaler's scaled gradients unscaled in the update, and an overflow found in the
+# second pass (the update only restores w). Each ISA build has its own loops for these.
+STEP_VARIANTS = ("plain", "inv_scale", "update_skip")
+
+
+def _variant(t: dict, variant: str) -> tuple[dict, dict]:
+    if variant == "inv_scale":
+        t = dict(t, g=t["g"] * 1024, g_sam=t["g_sam"] * 1024)
+        return t, dict(inv_scale=torch.tensor(2.0**-10))
+    if variant == "update_skip":
+        return t, dict(update_skip=torch.ones(()))
+    return t, {}
+
+
 def _restore_roundtrip(ops, t: dict, adaptive: bool) -> torch.Tensor:
     w = t["w"].clone()
     e = torch.zeros_like(w) if adaptive else None
@@ -123,10 +137,11 @@ def test_avx2_fp32_bit_identical_to_reference(cpp, isa, switches):
     """With ATen's vector ISA (AVX2/AVX512: both fuse torch.add's alpha steps) every fp32 result is exact."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip(f"torch runs its {torch.backends.cpu.get_cpu_capability()} kernels here")
-    t = make_bucket_tensors(65536 + 77, torch.float32, seed=13, pad=100)
-    got, exp = run_step(cpp, t, **switches), run_step(reference, t, **switches)
-    for name in exp:
-        assert torch.equal(got[name], exp[name]), name
+    for variant in STEP_VARIANTS:
+        t, kwargs = _variant(make_bucket_tensors(65536 + 77, torch.float32, seed=13, pad=100), variant)
+        got, exp = run_step(cpp, t, **kwargs, **switches), run_step(reference, t, **kwargs, **switches)
+        for name in exp:
+            assert torch.equal(got[name], exp[name]), (variant, name)
     adaptive = switches["adaptive"]
     assert torch.equal(_restore_roundtrip(cpp, t, adaptive), _restore_roundtrip(reference, t, adaptive))
 
@@ -137,15 +152,16 @@ def test_avx2_fp32_bit_identical_to_reference(cpp, isa, switches):
 @pytest.mark.parametrize("n", (1024, 65536 + 77))
 def test_baseline_isa_build(cpp, isa, n, dtype, switches):
     """The baseline-ISA kernels (CPUs without AVX2, other architectures) within the contract tolerances."""
-    t = make_bucket_tensors(n, dtype, seed=17, pad=n // 8)
-    got, exp = run_step(cpp, t, **switches), run_step(reference, t, **switches)
-    if dtype == torch.float64:  # compared in fp64: unfused fmadds differ from torch's by an fp64 ulp
-        for name in exp:
-            torch.testing.assert_close(
-                got[name], exp[name], rtol=1e-12, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}"
-            )
-    else:
-        assert_same_step(got, exp, dtype)
+    for variant in STEP_VARIANTS:
+        t, kwargs = _variant(make_bucket_tensors(n, dtype, seed=17, pad=n // 8), variant)
+        got, exp = run_step(cpp, t, **kwargs, **switches), run_step(reference, t, **kwargs, **switches)
+        if dtype == torch.float64:  # compared in fp64: unfused fmadds differ from torch's by an fp64 ulp
+            for name in exp:
+                torch.testing.assert_close(
+                    got[name], exp[name], rtol=1e-12, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}"
+                )
+        else:
+            assert_same_step(got, exp, dtype)
     got = cpp.grad_sq_norm(t["g"], t["w"])
     rtol = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(got.double(), reference.grad_sq_norm(t["g"], t["w"]).double(), rtol=rtol, atol=0.0)
@@ -167,11 +183,13 @@ def test_baseline_isa_bit_identical_under_torch_default_isa(cpp):
         "from saner_kernels.ops import native, reference, resolve_backend\n"
         "assert native.extension().cpu_capability() == 'default'\n"
         "cpp = resolve_backend('cpp', 'cpu')\n"
-        "t = make_bucket_tensors(4096 + 7, torch.float32, seed=19, pad=64)\n"
-        "for sw in SWITCHES:\n"
-        "    a, r = run_step(cpp, t, **sw), run_step(reference, t, **sw)\n"
-        "    bad = [k for k in r if not torch.equal(a[k], r[k])]\n"
-        "    assert not bad, (sw, bad)\n"
+        "from test_native_ops import STEP_VARIANTS, _variant\n"
+        "for variant in STEP_VARIANTS:\n"
+        "    t, kw = _variant(make_bucket_tensors(4096 + 7, torch.float32, seed=19, pad=64), variant)\n"
+        "    for sw in SWITCHES:\n"
+        "        a, r = run_step(cpp, t, **kw, **sw), run_step(reference, t, **kw, **sw)\n"
+        "        bad = [k for k in r if not torch.equal(a[k], r[k])]\n"
+        "        assert not bad, (variant, sw, bad)\n"
         "print('ok')\n" % str(TESTS)
     )
     res = _python(code, ATEN_CPU_CAPABILITY="default", SANER_KERNELS_CPU_CAPABILITY="default")
@@ -275,7 +293,10 @@ def _opcheck_all(device: str, adaptive: bool) -> None:
     hyper = UpdateHyper(lr=0.1, momentum=0.9, weight_decay=5e-4, alpha=0.5)
     opcheck(ops.grad_sq_norm.default, (t["g"], t["w"] if adaptive else None))
     opcheck(ops.perturb_.default, (t["w"].clone(), t["g"], s, skip), dict(e=e, g_sgd=t["g_sgd"].clone()))
-    for stats, zero_grads in ((None, False), (torch.zeros(3, dtype=torch.int64, device=device), True)):
+    for stats, zero_grads, inv_scale in (
+        (None, False, None),
+        (torch.zeros(3, dtype=torch.int64, device=device), True, torch.tensor(0.5, device=device)),
+    ):
         opcheck(
             ops.update_.default,
             (t["w"].clone(), t["g_sam"].clone(), t["g"].clone(), t["buf"].clone(), s, skip),
@@ -292,6 +313,7 @@ def _opcheck_all(device: str, adaptive: bool) -> None:
                 zero_grads=zero_grads,
                 stats=stats,
                 n_valid=1000,
+                inv_scale=inv_scale,
             ),
         )
     opcheck(ops.restore_.default, (t["w"].clone(), s, skip), dict(g_sgd=t["g"], e=e))

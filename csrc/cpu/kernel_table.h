@@ -19,8 +19,11 @@ struct UpdateArgs {
   T* buf;        // nullptr when momentum == 0
   const T* e;    // nullptr unless adaptive
   double scale;  // the 0-dim scale tensor's value (fp32 or fp64), rounded to the compute type in the kernels
+  double inv_scale;  // GradScaler's 1 / scale for both gradients, when unscale
   double lr, momentum, dampening, weight_decay, alpha, eps;
   bool nesterov, first_momentum_step;
+  bool unscale;
+  bool perturbed;  // scale != 0; else e is +0 (g_sgd may hold inf, a stored e is stale)
 };
 
 // Group A and B counts of a range; C is the caller's: valid elements - A - B.

@@ -120,8 +120,8 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin
   const Vec s(static_cast<C>(scale));
   // g_sgd is only read again in the update, after the second backward: a streaming store skips
   // reading its old cache lines first. Needs 32-byte alignment (256-bit stores).
-  [[maybe_unused]] const bool stream_g_sgd = kCopy && (reinterpret_cast<uintptr_t>(g_sgd + begin) % 32) == 0;
-  auto body = [&](T* wp, const T* gp, T* gsp, T* ep) {
+  const bool stream_g_sgd = kCopy && (reinterpret_cast<uintptr_t>(g_sgd + begin) % 32) == 0;
+  auto body = [&](T* wp, const T* gp, T* gsp, T* ep, bool stream) {
     const Vec gv = IO<T>::load(gp);
     const Vec wv = IO<T>::load(wp);
     Vec ev;
@@ -135,7 +135,7 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin
     if constexpr (kCopy) {
 #if defined(CPU_CAPABILITY_AVX2)
       if constexpr (std::is_same_v<T, float>) {
-        if (stream_g_sgd) {
+        if (stream) {
           _mm256_stream_ps(reinterpret_cast<float*>(gsp), gv);
           return;
         }
@@ -145,14 +145,16 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin
     }
   };
   int64_t i = begin;
-  for (; i + V <= end; i += V) body(w + i, g + i, kCopy ? g_sgd + i : nullptr, kAdaptive ? e + i : nullptr);
+  for (; i + V <= end; i += V) {
+    body(w + i, g + i, kCopy ? g_sgd + i : nullptr, kAdaptive ? e + i : nullptr, stream_g_sgd);
+  }
 #if defined(CPU_CAPABILITY_AVX2)
   if (std::is_same_v<T, float> && stream_g_sgd) _mm_sfence();  // order the streaming stores
 #endif
   if (i < end) {  // tail through the same vector code on zero-padded copies
     const int64_t k = end - i;
-    Tail<T, V> wb(w + i, k), gb(g + i, k), gsb(nullptr, k), eb(nullptr, k);  // aligned: g_sgd may be streamed
-    body(wb.v, gb.v, gsb.v, eb.v);
+    Tail<T, V> wb(w + i, k), gb(g + i, k), gsb(nullptr, k), eb(nullptr, k);
+    body(wb.v, gb.v, gsb.v, eb.v, false);
     wb.copy_to(w + i, k);
     if (kCopy) gsb.copy_to(g_sgd + i, k);
     if (kAdaptive) eb.copy_to(e + i, k);
@@ -197,10 +199,13 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCount
   const C wd = static_cast<C>(a.weight_decay);
   const C alpha = static_cast<C>(a.alpha);
   const C eps = static_cast<C>(a.eps);
+  const C inv = static_cast<C>(a.inv_scale);
   const bool use_alpha = a.alpha != 1.0;
   const bool use_wd = a.weight_decay != 0.0;  // no 0 * w term: an infinite weight stays infinite
   const bool nesterov = a.nesterov;
   const bool first = a.first_momentum_step;
+  const bool unscale = a.unscale;
+  const bool perturbed = a.perturbed;
   int64_t na = 0, nb_count = 0;
   T* __restrict__ wp = a.w;  // distinct buffers: lets the compiler vectorize the loop
   T* __restrict__ bp = a.buf;
@@ -208,10 +213,14 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCount
   const T* __restrict__ gsp = a.g_sgd;
   const T* __restrict__ ep = a.e;
   for (int64_t i = begin; i < end; ++i) {
-    const C g = static_cast<C>(gp[i]);
-    const C gs = static_cast<C>(gsp[i]);
-    const C ev = kAdaptive ? static_cast<C>(ep[i]) : gs * s;
+    C g = static_cast<C>(gp[i]);
+    C gs = static_cast<C>(gsp[i]);
+    const C ev = !perturbed ? C(0) : kAdaptive ? static_cast<C>(ep[i]) : gs * s;  // e from the stored g_sgd
     const C wv = static_cast<C>(wp[i]) - ev;
+    if (unscale) {
+      g = g * inv;
+      gs = gs * inv;
+    }
     C d = g;
     if constexpr (kMask) {
       const C den = gs + eps;
@@ -248,24 +257,27 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCount
   const Vec wd(static_cast<C>(a.weight_decay));
   const Vec alpha(static_cast<C>(a.alpha));
   const Vec eps(static_cast<C>(a.eps));
+  const Vec inv(static_cast<C>(a.inv_scale));
   const Vec zero(C(0));
   const Vec one(C(1));
   const bool use_alpha = a.alpha != 1.0;
   const bool use_wd = a.weight_decay != 0.0;  // no 0 * w term: an infinite weight stays infinite
   const bool nesterov = a.nesterov;
   const bool first = a.first_momentum_step;
+  const bool unscale = a.unscale;
+  const bool perturbed = a.perturbed;
   Vec acc_a(C(0)), acc_b(C(0));
 
   auto body = [&](T* wp, const T* gp, const T* gsp, T* bp, const T* ep) {
-    const Vec gv = IO<T>::load(gp);
-    const Vec gsv = IO<T>::load(gsp);
-    Vec ev;
-    if constexpr (kAdaptive) {
-      ev = IO<T>::load(ep);
-    } else {
-      ev = gsv * s;
-    }
+    Vec gv = IO<T>::load(gp);
+    Vec gsv = IO<T>::load(gsp);
+    Vec ev = zero;
+    if (perturbed) ev = kAdaptive ? IO<T>::load(ep) : gsv * s;  // e from the stored g_sgd
     const Vec wv = IO<T>::load(wp) - ev;
+    if (unscale) {
+      gv = gv * inv;
+      gsv = gsv * inv;
+    }
     Vec d = gv;
     if constexpr (kMask) {
       const Vec den = gsv + eps;

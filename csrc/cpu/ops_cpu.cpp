@@ -39,8 +39,8 @@ void for_each_task(int64_t n, const F& f) {
 }
 
 template <typename T>
-void zero_range(const at::Tensor& t, int64_t begin, int64_t end) {
-  std::memset(t.data_ptr<T>() + begin, 0, static_cast<size_t>(end - begin) * sizeof(T));  // +0.0 in every dtype
+void zero_range(T* p, int64_t begin, int64_t end) {
+  std::memset(p + begin, 0, static_cast<size_t>(end - begin) * sizeof(T));  // +0.0 in every dtype
 }
 
 at::Tensor grad_sq_norm_cpu(const at::Tensor& g, const std::optional<at::Tensor>& w) {
@@ -91,7 +91,8 @@ void update_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sg
                 const std::optional<at::Tensor>& buf, const at::Tensor& scale, const at::Tensor& skip, double lr,
                 double momentum, double dampening, double weight_decay, double alpha, double eps, bool nesterov,
                 const std::optional<at::Tensor>& e, bool first_momentum_step, bool zero_grads,
-                const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid) {
+                const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
+                const std::optional<at::Tensor>& inv_scale) {
   check_dtype(w);
   check_flat(w, w, "w");
   check_flat(g, w, "g");
@@ -101,31 +102,42 @@ void update_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sg
   check_scale(scale, w);
   check_skip(skip, w);
   check_stats(stats, w);
+  check_inv_scale(inv_scale, w);
   const int64_t n = w.numel();
   const int64_t valid = valid_count(n_valid, n);
   if (n == 0) return;
   const bool skipped = read_skip(skip);
+  const double s = read_scale(scale);
   const bool mask = alpha != 1.0 || stats.has_value();
   const int idx = (e.has_value() ? 4 : 0) + (buf.has_value() ? 2 : 0) + (mask ? 1 : 0);
   GroupCounts total;
   dispatch_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    if (skipped) {  // write nothing but the zeros asked for
-      if (zero_grads) {
-        for_each_task(n, [&](int64_t, int64_t b, int64_t en) {
-          zero_range<T>(g, b, en);
-          zero_range<T>(g_sgd, b, en);
-        });
-      }
+    T* wp = w.data_ptr<T>();
+    T* gp = g.data_ptr<T>();
+    T* gsp = g_sgd.data_ptr<T>();
+    if (skipped) {  // restore w (an overflow found in the second pass), and zero what was asked for
+      const auto restore = kernels<T>().restore[e.has_value() ? 1 : 0];
+      const T* src = e.has_value() ? e->const_data_ptr<T>() : gsp;
+      for_each_task(n, [&](int64_t, int64_t b, int64_t en) {
+        if (s != 0.0) restore(wp, src, s, b, en);  // e is +0 when nothing was perturbed
+        if (zero_grads) {
+          zero_range(gp, b, en);
+          zero_range(gsp, b, en);
+        }
+      });
       return;
     }
     UpdateArgs<T> a;
-    a.w = w.data_ptr<T>();
-    a.g = g.const_data_ptr<T>();
-    a.g_sgd = g_sgd.const_data_ptr<T>();
+    a.w = wp;
+    a.g = gp;
+    a.g_sgd = gsp;
     a.buf = buf.has_value() ? buf->data_ptr<T>() : nullptr;
     a.e = e.has_value() ? e->const_data_ptr<T>() : nullptr;
-    a.scale = read_scale(scale);
+    a.scale = s;
+    a.perturbed = s != 0.0;
+    a.unscale = inv_scale.has_value();
+    a.inv_scale = inv_scale.has_value() ? static_cast<double>(*inv_scale->const_data_ptr<float>()) : 1.0;
     a.lr = lr;
     a.momentum = momentum;
     a.dampening = dampening;
@@ -141,8 +153,8 @@ void update_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sg
       if (split > b) fn(a, b, split, &counts[t]);
       if (en > split) fn(a, split, en, nullptr);
       if (zero_grads) {  // right after the read: the lines are still in cache
-        zero_range<T>(g, b, en);
-        zero_range<T>(g_sgd, b, en);
+        zero_range(gp, b, en);
+        zero_range(gsp, b, en);
       }
     });
     for (const auto& c : counts) {
@@ -168,8 +180,8 @@ void restore_cpu(const at::Tensor& w, const at::Tensor& scale, const at::Tensor&
   check_scale(scale, w);
   check_skip(skip, w);
   const int64_t n = w.numel();
-  if (n == 0 || read_skip(skip)) return;
   const double s = read_scale(scale);
+  if (n == 0 || read_skip(skip) || s == 0.0) return;  // scale 0: nothing was perturbed, e is +0
   dispatch_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     T* wp = w.data_ptr<T>();

@@ -3,9 +3,9 @@
 // - 128-bit vector loads/stores (Pack<T>: 4 fp32, 8 bf16/fp16, 2 fp64) when every pointer is 16-byte
 //   aligned (flat buckets always are), element by element otherwise (unaligned views such as v[1:]);
 //   kUnroll packs per thread are loaded before any is used, so several loads are in flight per thread.
-// - The scale s and the skip flag are read from device memory inside the kernels: no host sync. A
-//   nonzero skip makes every thread return before writing anything (update_: after the zeroing it was
-//   asked for).
+// - The scale s, the skip flag and GradScaler's inv_scale are read from device memory inside the kernels:
+//   no host sync. A nonzero skip makes perturb_ and restore_ write nothing and update_ only restore w and
+//   zero the gradients it was asked to. e is +0 when s == 0 (nothing was perturbed).
 // - Math in fp32 (fp64 for fp64 storage) in the reference's order. Built with -fmad=false so that the
 //   compiler fuses nothing; the reference's torch.add(x, y, alpha=a) steps, which torch's CUDA kernels
 //   evaluate as one fma, are explicit fma() calls here.
@@ -236,15 +236,13 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ------------------------------------------------------------------------------------ restore_
-// w <- w - e, e stored (adaptive) or recomputed as g_sgd * s: the very product perturb_ added.
+// w <- w - e, e stored (adaptive) or recomputed as g_sgd * s: the very product perturb_ added. The callers
+// skip it when s == 0 (then e is +0: nothing was perturbed).
 template <typename T, bool kVec, bool kAdaptive>
-__global__ void __launch_bounds__(kThreads)
-    restore_kernel(T* __restrict__ w, const T* __restrict__ src, ScaleArg scale, const float* __restrict__ skip,
-                   int64_t n_items, int64_t n) {
-  if (skipped(skip)) return;
+__device__ __forceinline__ void restore_items(T* __restrict__ w, const T* __restrict__ src, acc_t<T> s,
+                                              int64_t n_items, int64_t n) {
   using A = Access<T, kVec>;
   using C = acc_t<T>;
-  const C s = static_cast<C>(scale.get());
   auto one = [&](T wv, T sv) -> T {
     const C ev = kAdaptive ? to_acc(sv) : to_acc(sv) * s;
     return static_cast<T>(to_acc(wv) - ev);
@@ -274,6 +272,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <typename T, bool kVec, bool kAdaptive>
+__global__ void __launch_bounds__(kThreads)
+    restore_kernel(T* __restrict__ w, const T* __restrict__ src, ScaleArg scale, const float* __restrict__ skip,
+                   int64_t n_items, int64_t n) {
+  const double sd = scale.get();
+  if (skipped(skip) || sd == 0.0) return;
+  restore_items<T, kVec, kAdaptive>(w, src, static_cast<acc_t<T>>(sd), n_items, n);
+}
+
 // ------------------------------------------------------------------------------------ update_
 template <typename C>
 struct UpdateScalars {
@@ -281,11 +288,25 @@ struct UpdateScalars {
   bool use_alpha, use_wd, nesterov;
 };
 
+// The scalars read from device memory at the start of an update.
+template <typename C>
+struct DeviceScalars {
+  C s;          // the perturbation scale
+  C inv;        // GradScaler's 1 / scale, when unscale
+  bool perturbed;  // s != 0; else e is +0 (g_sgd may hold inf, a stored e is stale)
+  bool unscale;
+};
+
 // One element; returns the group: 0 = A, 1 = B, 2 = C. buf is read only in a running momentum step.
 template <typename C, bool kAdaptive, bool kHasBuf, bool kFirst, bool kMask>
-__device__ __forceinline__ int update_one(C& w, C g, C gs, C& buf, C e, C s, const UpdateScalars<C>& p) {
-  const C ev = kAdaptive ? e : gs * s;
+__device__ __forceinline__ int update_one(C& w, C g, C gs, C& buf, C e, const DeviceScalars<C>& q,
+                                          const UpdateScalars<C>& p) {
+  const C ev = !q.perturbed ? C(0) : kAdaptive ? e : gs * q.s;  // e from the stored (scaled) g_sgd
   const C wv = w - ev;
+  if (q.unscale) {
+    g = g * q.inv;
+    gs = gs * q.inv;
+  }
   C d = g;
   int group = 2;
   if constexpr (kMask) {
@@ -342,18 +363,25 @@ __device__ void zero_both(T* __restrict__ g, T* __restrict__ g_sgd, int64_t n_it
 template <typename T, bool kVec, bool kAdaptive, bool kHasBuf, bool kFirst, bool kMask>
 __global__ void __launch_bounds__(kThreads)
     update_kernel(T* __restrict__ w, T* __restrict__ g, T* __restrict__ g_sgd, T* __restrict__ buf,
-                  const T* __restrict__ e, ScaleArg scale, const float* __restrict__ skip, UpdateScalars<acc_t<T>> p,
+                  const T* __restrict__ e, ScaleArg scale, const float* __restrict__ skip,
+                  const float* __restrict__ inv_scale, UpdateScalars<acc_t<T>> p,
                   unsigned long long* __restrict__ stats, int64_t n_valid, bool zero_grads, int64_t n_items,
                   int64_t n) {
   constexpr bool kReadGsgd = !kAdaptive || kMask;  // for e = g_sgd * s, or for the mask
   constexpr bool kReadBuf = kHasBuf && !kFirst;
-  if (skipped(skip)) {  // write nothing but the zeros asked for
-    if (zero_grads) zero_both<T, kVec>(g, g_sgd, n_items, n);
-    return;
-  }
   using A = Access<T, kVec>;
   using C = acc_t<T>;
-  const C s = static_cast<C>(scale.get());
+  const double sd = scale.get();
+  if (skipped(skip)) {  // an overflow found in the second pass: restore w, zero what was asked for
+    if (sd != 0.0) restore_items<T, kVec, kAdaptive>(w, kAdaptive ? e : g_sgd, static_cast<C>(sd), n_items, n);
+    if (zero_grads) zero_both<T, kVec>(g, g_sgd, n_items, n);  // the same items per thread: after its reads
+    return;
+  }
+  DeviceScalars<C> q;
+  q.s = static_cast<C>(sd);
+  q.perturbed = sd != 0.0;
+  q.unscale = inv_scale != nullptr;
+  q.inv = q.unscale ? static_cast<C>(*inv_scale) : C(1);
   int ca = 0, cb = 0;  // Group A and B counts over elements < n_valid
   auto count = [&](int group, int64_t j) {
     if (kMask && j < n_valid) {
@@ -385,7 +413,7 @@ __global__ void __launch_bounds__(kThreads)
           C bv = kReadBuf ? to_acc(bi[u].v[k]) : C(0);
           const int group = update_one<C, kAdaptive, kHasBuf, kFirst, kMask>(
               wv, to_acc(gi[u].v[k]), kReadGsgd ? to_acc(gsi[u].v[k]) : C(0), bv,
-              kAdaptive ? to_acc(ei[u].v[k]) : C(0), s, p);
+              kAdaptive ? to_acc(ei[u].v[k]) : C(0), q, p);
           count(group, i * A::N + k);
           wi[u].v[k] = static_cast<T>(wv);
           bo.v[k] = static_cast<T>(bv);
@@ -404,7 +432,7 @@ __global__ void __launch_bounds__(kThreads)
       C wv = to_acc(w[j]);
       C bv = kReadBuf ? to_acc(buf[j]) : C(0);
       const int group = update_one<C, kAdaptive, kHasBuf, kFirst, kMask>(
-          wv, to_acc(g[j]), kReadGsgd ? to_acc(g_sgd[j]) : C(0), bv, kAdaptive ? to_acc(e[j]) : C(0), s, p);
+          wv, to_acc(g[j]), kReadGsgd ? to_acc(g_sgd[j]) : C(0), bv, kAdaptive ? to_acc(e[j]) : C(0), q, p);
       count(group, j);
       w[j] = static_cast<T>(wv);
       if constexpr (kHasBuf) buf[j] = static_cast<T>(bv);

@@ -128,7 +128,8 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
                  const std::optional<at::Tensor>& buf, const at::Tensor& scale, const at::Tensor& skip, double lr,
                  double momentum, double dampening, double weight_decay, double alpha, double eps, bool nesterov,
                  const std::optional<at::Tensor>& e, bool first_momentum_step, bool zero_grads,
-                 const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid) {
+                 const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
+                 const std::optional<at::Tensor>& inv_scale) {
   check_dtype(w);
   check_flat(w, w, "w");
   check_flat(g, w, "g");
@@ -138,6 +139,7 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
   check_scale(scale, w);
   check_skip(skip, w);
   check_stats(stats, w);
+  check_inv_scale(inv_scale, w);
   const int64_t n = w.numel();
   const int64_t valid = valid_count(n_valid, n);
   if (n == 0) return;
@@ -163,6 +165,7 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
     T* bp = buf.has_value() ? buf->data_ptr<T>() : nullptr;
     const T* ep = e.has_value() ? e->const_data_ptr<T>() : nullptr;
     auto* sp = stats.has_value() ? reinterpret_cast<unsigned long long*>(stats->data_ptr<int64_t>()) : nullptr;
+    const float* ip = inv_scale.has_value() ? inv_scale->const_data_ptr<float>() : nullptr;
     const bool vec = aligned16(wp) && aligned16(gp) && aligned16(gsp) && aligned16(bp) && aligned16(ep);
     dispatch_bool(vec, [&](auto kv) {
       dispatch_bool(e.has_value(), [&](auto ka) {
@@ -172,8 +175,8 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
             const int64_t n_items = n / Access<T, kVec>::N;
             update_kernel<T, kVec, decltype(ka)::value, decltype(kb)::value, decltype(kf)::value,
                           decltype(km)::value><<<grid_for(n_items), kThreads, 0, stream>>>(
-                wp, gp, gsp, bp, ep, scale_arg(scale), skip.const_data_ptr<float>(), p, sp, valid, zero_grads,
-                n_items, n);
+                wp, gp, gsp, bp, ep, scale_arg(scale), skip.const_data_ptr<float>(), ip, p, sp, valid,
+                zero_grads, n_items, n);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           });
         });

@@ -23,7 +23,7 @@ from torch import Tensor
 from .._source_hash import source_hash
 from .hyper import UpdateHyper
 
-ABI_VERSION = 2  # must equal kAbiVersion in csrc/common.h
+ABI_VERSION = 3  # must equal kAbiVersion in csrc/common.h
 BUILD_HINT = "pip install --no-build-isolation -e .  (or `pip install --no-build-isolation .`)"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -116,6 +116,7 @@ def update_(
     zero_grads: bool = False,
     stats: Optional[Tensor] = None,
     n_valid: Optional[int] = None,
+    inv_scale: Optional[Tensor] = None,
 ) -> None:
     torch.ops.saner_kernels.update_(
         w,
@@ -136,6 +137,7 @@ def update_(
         zero_grads=zero_grads,
         stats=stats,
         n_valid=n_valid,
+        inv_scale=inv_scale,
     )
 
 
