@@ -38,7 +38,8 @@ ATOMIC = r"\b(atom|red)\.global"
 
 # The main update (docs/design.md): later momentum step, mask on, no adaptive, no tracking, the gradient
 # buffers zeroed (first_step(zero_grad=True)): 4 vector loads (g, g_sgd, w, buf) and 4 vector stores
-# (w, buf, zero g, zero g_sgd) per element vector.
+# (w, buf, zero g, zero g_sgd) per element vector. With GradScaler (HAS_INV_SCALE): the same, plus one
+# scalar load.
 MAIN_UPDATE = dict(
     ADAPTIVE=False,
     HAS_MOMENTUM=True,
@@ -47,13 +48,17 @@ MAIN_UPDATE = dict(
     USE_MASK=True,
     TRACK_GROUPS=False,
     ZERO_GRADS=True,
+    HAS_INV_SCALE=False,
 )
-MAIN_UPDATES = (MAIN_UPDATE, dict(MAIN_UPDATE, ZERO_GRADS=False))
+MAIN_UPDATE_UNSCALED = dict(MAIN_UPDATE, HAS_INV_SCALE=True)
+MAIN_UPDATES = tuple(
+    dict(MAIN_UPDATE, ZERO_GRADS=zero, HAS_INV_SCALE=unscale) for unscale in (False, True) for zero in (True, False)
+)
 MAIN_PERTURB = dict(ADAPTIVE=False, COPY_G=False)  # first_step(zero_grad=True): 2 loads, 1 store
 
 
 # --------------------------------------------------------------------------- variants
-def _update_switches():
+def _update_switches(inv_scale: bool):
     """Every distinct constexpr combination of the update kernel (nesterov/first step need momentum)."""
     momentum_modes = [(False, False, False)] + [
         (True, nesterov, first) for nesterov, first in itertools.product((False, True), repeat=2)
@@ -69,15 +74,17 @@ def _update_switches():
             USE_MASK=use_mask,
             TRACK_GROUPS=track,
             ZERO_GRADS=zero,
+            HAS_INV_SCALE=inv_scale,
         )
 
 
 def variants(arch: int):
     """(kernel name, storage type, constexprs, n): every variant at a long bucket, plus short/int64 ones.
 
-    sm_90 gets every switch combination in every dtype; sm_80 every combination in fp32, and the 16-bit
-    dtypes on the norm, the perturbation, the restore and the main updates only (the switches do not
-    change what the 16-bit conversions lower to, and the compile time adds up).
+    Without GradScaler (HAS_INV_SCALE off), sm_90 gets every switch combination in every dtype; sm_80 every
+    combination in fp32, and the 16-bit dtypes on the norm, the perturbation, the restore and the main updates
+    only (the switches do not change what the 16-bit conversions lower to, and the compile time adds up).
+    With it: every combination in fp32 on sm_90, the main updates in every dtype on both.
     """
     for dtype in STORAGE:
         for adaptive in (False, True):
@@ -85,12 +92,16 @@ def variants(arch: int):
             yield "restore", dtype, dict(ADAPTIVE=adaptive), N_LONG
             for copy_g in (False, True):
                 yield "perturb", dtype, dict(ADAPTIVE=adaptive, COPY_G=copy_g), N_LONG
-        for switches in _update_switches():
+        for switches in _update_switches(inv_scale=False):
             if arch == 90 or dtype == "fp32" or switches in MAIN_UPDATES:
                 yield "update", dtype, switches, N_LONG
+        for switches in _update_switches(inv_scale=True):
+            if (arch == 90 and dtype == "fp32") or switches in MAIN_UPDATES:
+                yield "update", dtype, switches, N_LONG
     yield "norm_sum", "fp32", {}, N_LONG
-    yield "update", "fp32", MAIN_UPDATE, N_SHORT
-    yield "update", "fp32", MAIN_UPDATE, N_HUGE
+    for main in (MAIN_UPDATE, MAIN_UPDATE_UNSCALED):
+        yield "update", "fp32", main, N_SHORT
+        yield "update", "fp32", main, N_HUGE
     yield "perturb", "fp32", MAIN_PERTURB, N_HUGE
     yield "norm", "fp32", dict(ADAPTIVE=False), N_HUGE
 
@@ -104,12 +115,13 @@ def expected_accesses(kernel: str, c: dict) -> tuple[int, int, int, int, int]:
     if kernel == "perturb":
         return 2, 1 + c["ADAPTIVE"] + c["COPY_G"], 2, 0, 0  # w, g; w (e) (g_sgd); scale and skip
     if kernel == "restore":
-        return 2, 1, 2 - c["ADAPTIVE"], 0, 0  # w, e or g_sgd; w; skip (scale)
-    # g, w, (g_sgd: for e, or for the groups) (e) (buf); adaptive SAM without groups never reads g_sgd
+        return 2, 1, 2, 0, 0  # w, e or g_sgd; w; skip and scale (scale 0: nothing to restore)
+    # g, w, (g_sgd: for e, or for the groups) (e) (buf); adaptive SAM without groups never reads g_sgd. w is
+    # also loaded and stored on a skipped step (the restore), under its own bound: the same accesses.
     needs_g_sgd = not c["ADAPTIVE"] or c["USE_MASK"] or c["TRACK_GROUPS"]
     loads = 2 + needs_g_sgd + c["ADAPTIVE"] + (c["HAS_MOMENTUM"] and not c["FIRST_MOMENTUM_STEP"])
     stores = 1 + c["HAS_MOMENTUM"] + 2 * c["ZERO_GRADS"]  # w (buf) (zero g, zero g_sgd)
-    scalar_loads = 2 - c["ADAPTIVE"]  # skip (scale: the recomputed e)
+    scalar_loads = 2 + c["HAS_INV_SCALE"]  # skip, scale (the recomputed e; e is +0 when it is 0) (inv_scale)
     return loads, stores, scalar_loads, 0, 3 * c["TRACK_GROUPS"]  # A/B/C counts: integer atomics
 
 
@@ -127,8 +139,9 @@ def _kernels():
 
 
 def _pointer_type(kernel: str, arg: str, dtype: str, switches: dict) -> str:
-    """The JIT's pointer type: float32 scalars, int64 stats (``scale`` stands in when there are none)."""
-    if arg in ("scale_ptr", "skip_ptr", "partial_ptr", "out_ptr"):
+    """The JIT's pointer type: float32 scalars, int64 stats (``scale`` stands in when there are none, and for a
+    missing ``inv_scale``)."""
+    if arg in ("scale_ptr", "skip_ptr", "inv_scale_ptr", "partial_ptr", "out_ptr"):
         return "*fp32"
     if arg == "stats_ptr":
         return "*i64" if switches["TRACK_GROUPS"] else "*fp32"
@@ -271,8 +284,9 @@ def test_only_128_bit_tensor_accesses(records):
 
 
 def test_main_variants_ptx(records):
-    """The fp32 main update: 4 vector loads and 4 vector stores per element vector; the perturbation without
-    the g_sgd copy: 2 and 1; no local memory. Prints the counts and registers per main variant."""
+    """The fp32 main update, with and without GradScaler's inv_scale: 4 vector loads and 4 vector stores per
+    element vector; the perturbation without the g_sgd copy: 2 and 1; no local memory. Prints the counts and
+    registers per main variant."""
     mains = [
         r
         for r in records
@@ -280,8 +294,12 @@ def test_main_variants_ptx(records):
         or (r["kernel"] == "perturb" and r["switches"] == MAIN_PERTURB)
         or (r["kernel"] in ("norm", "norm_sum", "restore") and not r["switches"].get("ADAPTIVE"))
     ]
-    main_fp32 = [r for r in mains if r["kernel"] == "update" and r["dtype"] == "fp32" and r["switches"] == MAIN_UPDATE]
-    assert len(main_fp32) == 3 * len(TARGETS)  # the long, short and int64 buckets
+    main_fp32 = [
+        r
+        for r in mains
+        if r["kernel"] == "update" and r["dtype"] == "fp32" and r["switches"] in (MAIN_UPDATE, MAIN_UPDATE_UNSCALED)
+    ]
+    assert len(main_fp32) == 2 * 3 * len(TARGETS)  # with and without inv_scale; the long, short and int64 buckets
     for r in main_fp32:
         per_tensor = _vectors_per_thread(r)
         assert (r["ld_vec"], r["st_vec"]) == (4 * per_tensor, 4 * per_tensor), r

@@ -3,21 +3,28 @@
 ``perturb_``, ``update_`` and ``restore_`` are one launch each over the flat bucket; ``grad_sq_norm`` is
 a per-block pass plus, for more than one block, a one-program second pass over the block sums (fixed
 order, see ``_sum_partials_kernel``). Math is fp32 whatever the storage dtype (fp32, bf16, fp16);
-offsets are int64. The 0-dim ``scale`` and ``skip`` tensors are read inside the kernels, so a step
-never syncs with the host. A nonzero ``skip`` folds into the load/store bound: nothing is read or
-written and no group is counted; only the zero stores that ``zero_grads`` asks for still happen.
+offsets are int64. The 0-dim ``scale``, ``skip`` and ``inv_scale`` tensors are read inside the kernels, so a
+step never syncs with the host. These scalar conditions (uniform per launch) fold into the load/store bounds
+(``_bound``) where they can: a nonzero ``skip`` means ``perturb_`` and ``restore_`` read and write nothing;
+``update_`` then writes only ``w`` (the restore ``w - e``; the step's result is dropped by one select), no
+momentum and no group count; the zero stores that ``zero_grads`` asks for still happen. ``scale == 0``
+(nothing was perturbed) makes ``e`` exactly +0: a stored ``e`` is not read, a recomputed one is selected away
+(``g_sgd`` may hold inf), ``restore_`` reads and writes nothing, and neither does a skipped ``update_`` but
+for the zeroing.
 
-Feature switches are ``tl.constexpr`` (one compiled variant each); lr, momentum, dampening, weight
-decay, alpha and eps are runtime fp32 arguments, so schedules never recompile. ``weight_decay == 0``
-skips the decay term with a runtime branch (no ``0 * w``: an infinite weight stays infinite, -0 stays
--0).
+Feature switches are ``tl.constexpr`` (one compiled variant each; ``HAS_INV_SCALE``: the update unscales
+both gradients by GradScaler's ``inv_scale``, one scalar load and two multiplies, nothing without it); lr,
+momentum, dampening, weight decay, alpha and eps are runtime fp32 arguments, so schedules never recompile.
+``weight_decay == 0`` skips the decay term with a runtime branch (no ``0 * w``: an infinite weight stays
+infinite, -0 stays -0).
 
 The kernels are plain ``@triton.jit`` functions. Triton decides when this module is imported whether
 they are compiled (CUDA tensors) or run by its interpreter (CPU tensors, when ``TRITON_INTERPRET=1``
 was set before triton was imported); ``is_available`` tells which devices the process can run.
 
 Rounding: stores to bf16/fp16 round to nearest even on the GPU (``cvt.rn``). The interpreter
-truncates fp32 -> bf16; the tests allow for that (``contract_cases.tolerances(..., interpreter=True)``).
+truncates fp32 -> bf16; the tests expect that (``contract_cases.expected_ops``: the reference with truncating
+bf16 stores).
 
 Floating-point contraction is disabled at launch (``enable_fp_fusion=False``), so products round as
 in eager torch (``e = g_sgd * s`` recomputed in the update is the very product the perturbation
@@ -46,10 +53,10 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # --------------------------------------------------------------------------- kernels
 @triton.jit
-def _bound(n, skip_ptr):
-    """The load/store bound: ``n``, or 0 when the step is skipped (a scalar select keeps ``n``'s
-    divisibility, so masks built on it still vectorize)."""
-    return tl.where(tl.load(skip_ptr) == 0, n, 0)
+def _bound(n, go):
+    """A load/store bound: ``n``, or 0 when ``go`` (a scalar condition, uniform per launch) is false. A scalar
+    select keeps ``n``'s divisibility, so masks built on it still vectorize."""
+    return tl.where(go, n, 0)
 
 
 @triton.jit
@@ -98,7 +105,7 @@ def _perturb_kernel(
     COPY_G: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < _bound(n, skip_ptr)
+    mask = offs < _bound(n, tl.load(skip_ptr) == 0)
     s = tl.load(scale_ptr)
     g_raw = tl.load(g_ptr + offs, mask=mask)
     w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
@@ -123,6 +130,7 @@ def _update_kernel(
     scale_ptr,
     skip_ptr,
     stats_ptr,
+    inv_scale_ptr,
     n,
     n_valid,
     lr,
@@ -139,14 +147,22 @@ def _update_kernel(
     USE_MASK: tl.constexpr,
     TRACK_GROUPS: tl.constexpr,
     ZERO_GRADS: tl.constexpr,
+    HAS_INV_SCALE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     keep = tl.load(skip_ptr) == 0
-    mask = offs < tl.where(keep, n, 0)  # a skipped step reads and writes nothing (but the zeroing)
-    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
+    s = tl.load(scale_ptr)
+    perturbed = s != 0  # scale 0: nothing was perturbed, e is +0
+    # ``step``: the momentum buffer (and the group counts below) only when the step is not skipped. ``touch_w``:
+    # w, and the gradients, also on a skipped step (w is restored then, the step's result dropped by a select),
+    # unless nothing was perturbed then either (w - (+0) is w). g is loaded under ``touch_w``, not ``step``: one
+    # bound fewer keeps ptxas from spilling predicates in the group-tracking variants.
+    step = offs < _bound(n, keep)
+    touch_w = offs < _bound(n, keep | perturbed)
+    g = tl.load(g_ptr + offs, mask=touch_w).to(tl.float32)
     if not ADAPTIVE or USE_MASK or TRACK_GROUPS:
-        g_sgd = tl.load(g_sgd_ptr + offs, mask=mask).to(tl.float32)
+        g_sgd = tl.load(g_sgd_ptr + offs, mask=touch_w).to(tl.float32)  # for e (not adaptive); for the groups
     if ZERO_GRADS:
         # Right after this thread's loads of the same elements (short address live ranges: no spill); on a
         # skipped step too (the user asked for it).
@@ -155,10 +171,17 @@ def _update_kernel(
         tl.store(g_ptr + offs, zeros, mask=in_bounds)
         tl.store(g_sgd_ptr + offs, zeros, mask=in_bounds)
     if ADAPTIVE:
-        e = tl.load(e_ptr + offs, mask=mask).to(tl.float32)
+        # Not read when nothing was perturbed (a stale e): the masked-off lanes are +0.
+        e = tl.load(e_ptr + offs, mask=offs < _bound(n, perturbed), other=0.0).to(tl.float32)
     else:
-        e = g_sgd * tl.load(scale_ptr)  # the same rounded product perturb_ added
-    w = tl.load(w_ptr + offs, mask=mask).to(tl.float32) - e
+        e = tl.where(perturbed, g_sgd * s, 0.0)  # the same rounded product perturb_ added; g_sgd may be inf
+    w = tl.load(w_ptr + offs, mask=touch_w).to(tl.float32) - e
+    if HAS_INV_SCALE:
+        # GradScaler's 1/scale: both gradients unscaled after e was recomputed from the stored (scaled) g_sgd.
+        inv_scale = tl.load(inv_scale_ptr)
+        g = g * inv_scale
+        if USE_MASK or TRACK_GROUPS:
+            g_sgd = g_sgd * inv_scale
 
     d = g
     if USE_MASK or TRACK_GROUPS:
@@ -186,23 +209,27 @@ def _update_kernel(
         if FIRST_MOMENTUM_STEP:
             buf = d  # torch.optim.SGD: the first buffer is d itself, no dampening
         else:
-            buf = tl.fma(d, one_minus_dampening, momentum * tl.load(buf_ptr + offs, mask=mask).to(tl.float32))
+            buf = tl.fma(d, one_minus_dampening, momentum * tl.load(buf_ptr + offs, mask=step).to(tl.float32))
         if NESTEROV:
             d = tl.fma(buf, momentum, d)
         else:
             d = buf
-        tl.store(buf_ptr + offs, buf.to(buf_ptr.dtype.element_ty), mask=mask)
-    tl.store(w_ptr + offs, tl.fma(d, -lr, w).to(w_ptr.dtype.element_ty), mask=mask)
+        tl.store(buf_ptr + offs, buf.to(buf_ptr.dtype.element_ty), mask=step)
+    # Skipped: the restored w only (the step's d may be inf/NaN then).
+    w = tl.where(keep, tl.fma(d, -lr, w), w)
+    tl.store(w_ptr + offs, w.to(w_ptr.dtype.element_ty), mask=touch_w)
 
 
 @triton.jit
 def _restore_kernel(w_ptr, g_sgd_ptr, e_ptr, scale_ptr, skip_ptr, n, BLOCK: tl.constexpr, ADAPTIVE: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < _bound(n, skip_ptr)
+    s = tl.load(scale_ptr)
+    # Skipped, or nothing perturbed (scale 0: e is +0 and w - e is w): nothing is read or written.
+    mask = offs < _bound(n, (tl.load(skip_ptr) == 0) & (s != 0))
     if ADAPTIVE:
         e = tl.load(e_ptr + offs, mask=mask).to(tl.float32)
     else:
-        e = tl.load(g_sgd_ptr + offs, mask=mask).to(tl.float32) * tl.load(scale_ptr)  # as update_ restores
+        e = tl.load(g_sgd_ptr + offs, mask=mask).to(tl.float32) * s  # as update_ restores
     w = tl.load(w_ptr + offs, mask=mask).to(tl.float32) - e
     tl.store(w_ptr + offs, w.to(w_ptr.dtype.element_ty), mask=mask)
 
@@ -278,7 +305,7 @@ def _check_flat(**tensors: Optional[Tensor]) -> Tensor:
 
 
 def _check_flag(name: str, t, device: torch.device) -> None:
-    """``scale`` and ``skip``: one float32 value on the bucket's device, read by the kernels."""
+    """``scale``, ``skip`` and ``inv_scale``: one float32 value on the bucket's device, read by the kernels."""
     if not isinstance(t, Tensor):
         raise TypeError(f"saner_kernels (triton): {name} must be a 0-dim float32 tensor, got {type(t).__name__}")
     if t.numel() != 1 or t.dtype != torch.float32 or t.device != device:
@@ -378,10 +405,13 @@ def update_(
     zero_grads: bool = False,
     stats: Optional[Tensor] = None,
     n_valid: Optional[int] = None,
+    inv_scale: Optional[Tensor] = None,
 ) -> None:
     _check_flat(w=w, g=g, g_sgd=g_sgd, buf=buf, e=e)
     _check_flag("scale", scale, w.device)
     _check_flag("skip", skip, w.device)
+    if inv_scale is not None:
+        _check_flag("inv_scale", inv_scale, w.device)
     if stats is not None:
         _check_stats(stats, w.device)
     n = w.numel()
@@ -405,6 +435,7 @@ def update_(
         scale,
         skip,
         scale if stats is None else stats,
+        scale if inv_scale is None else inv_scale,
         n,
         n_valid,
         float(hyper.lr),
@@ -421,6 +452,7 @@ def update_(
         USE_MASK=float(hyper.alpha) != 1.0,
         TRACK_GROUPS=stats is not None,
         ZERO_GRADS=bool(zero_grads),
+        HAS_INV_SCALE=inv_scale is not None,
     )
 
 
