@@ -271,6 +271,8 @@ def test_arguments_are_checked(backend):
         "skip": lambda: backend.ops.perturb_(t["w"], t["g"], s, torch.zeros(2, device=dev)),
         "stats": lambda: backend.ops.update_(t["w"], t["g_sam"], t["g_sgd"], t["buf"], s, skip,
                                              UpdateHyper(lr=0.1, momentum=0.9), stats=torch.zeros(3, device=dev)),
+        "inv_scale": lambda: backend.ops.update_(t["w"], t["g_sam"], t["g_sgd"], t["buf"], s, skip,
+                                                 UpdateHyper(lr=0.1, momentum=0.9), inv_scale=s.double()),
     }
     if backend.device.type != "cpu":
         bad_calls["scale  "] = lambda: backend.ops.perturb_(t["w"], t["g"], s.cpu(), skip)
