@@ -15,6 +15,7 @@ and the benchmark logic checks), ``benchmarks/device_check.sh`` (the one GPU-mac
     report.py      headline, table.md, results.csv, train.csv, results.json
     plot.py        results.png
     sanitize_ops.py  every kernel op on awkward inputs, for compute-sanitizer (device_check.sh)
+    bench_loader.py  saner-train's image-folder loading speed (images/s), on its own
 
 Not part of the test run (``pytest tests``); nothing here is imported by the package.
 """
