@@ -115,7 +115,7 @@ for plugin in ('xdist', 'pytest_timeout'):
     except ImportError: print(plugin, 'missing')"
 ENV_CMD="echo CUDA_HOME=\${CUDA_HOME:-unset}; (nvcc --version | tail -n 2) || echo 'nvcc: not found'; \
 echo compute-sanitizer: \$(command -v compute-sanitizer || echo 'not found'); \
-(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>/dev/null \
+(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \
 || echo 'nvidia-smi: not available'); $PYTHON -c \"$ENV_PY\"; echo cores \$(nproc)"
 stage env "$ENV_CMD"
 
