@@ -21,6 +21,7 @@ import pytest
 import torch
 from contract_cases import DTYPES, SWITCHES, assert_same_step, make_bucket_tensors, no_skip, run_step, scale_for
 
+import saner_kernels
 from saner_kernels._source_hash import source_hash
 from saner_kernels.ops import available_backends, native, reference, resolve_backend
 from saner_kernels.ops.hyper import UpdateHyper
@@ -232,7 +233,7 @@ def _spoil_copy(tmp_path: Path, how: str) -> Path:
     """A copy of the package and csrc/ whose extension is stale, broken or missing."""
     root = tmp_path / how
     ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(REPO / "saner_kernels", root / "saner_kernels", ignore=ignore)
+    shutil.copytree(Path(saner_kernels.__file__).parent, root / "saner_kernels", ignore=ignore)  # with its _C
     shutil.copytree(REPO / "csrc", root / "csrc", ignore=ignore)
     (so,) = (root / "saner_kernels").glob("_C.*")
     if how == "stale":
