@@ -1,6 +1,7 @@
 """saner-train runs on the digits: a few steps of each optimizer, resume == uninterrupted (bitwise), the
 CLI's compare mode with its table, JSONL and plot, BatchNorm statistics handling."""
 
+import contextlib
 import json
 import os
 
@@ -11,7 +12,7 @@ import torch.nn as nn
 pytest.importorskip("sklearn")
 
 from saner_kernels.train.__main__ import main, prepare_data  # noqa: E402
-from saner_kernels.train.engine import Config, Run, frozen_bn_stats, lr_at  # noqa: E402
+from saner_kernels.train.engine import BnStatsSnapshot, Config, Run, frozen_bn_stats, lr_at  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -165,6 +166,77 @@ def test_lr_schedule_and_bn_freeze():
     assert bn.track_running_stats
     bn(x)
     assert int(bn.num_batches_tracked) == 1 and not torch.equal(bn.running_mean, torch.zeros(3))
+
+
+class ToggledBnStats:
+    """The mechanism saner-train used before BnStatsSnapshot: ``track_running_stats`` switched off for the pass
+    (a module attribute, which fails torch.compile's guards at every switch). Kept here as the reference the
+    snapshot must match bit for bit in eager mode."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @contextlib.contextmanager
+    def frozen(self, freeze=True):
+        mods = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        mods = [m for m in mods if m.track_running_stats] if freeze else []
+        for m in mods:
+            m.track_running_stats = False
+        try:
+            yield
+        finally:
+            for m in mods:
+                m.track_running_stats = True
+
+
+@pytest.mark.parametrize("opt,bn_stats", [("saner", "first"), ("saner", "second"), ("sam", "second")])
+def test_bn_snapshot_equals_toggling_track_running_stats(tmp_path, digits_data, opt, bn_stats):
+    """Eager results (weights, running statistics, momentum, metrics) are those of the old attribute toggle."""
+    _, data, ds, _ = digits_data
+    quiet = dict(log=lambda s: None, progress=False)
+    runs = []
+    for name, snapshot in (("snapshot", None), ("toggle", ToggledBnStats)):
+        cfg = tiny_config(tmp_path / name, epochs=2, width=8, bn_stats=bn_stats)
+        run = Run(cfg, opt, data, ds.num_classes, ds.in_channels, **quiet)
+        if snapshot is not None:
+            run.bn_snapshot = snapshot(run.model)
+        run.fit()
+        runs.append(run)
+    new, old = runs
+    assert isinstance(new.bn_snapshot, BnStatsSnapshot)
+    for (k, a), (_, b) in zip(new.model.state_dict().items(), old.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    for a, b in zip(new.model.parameters(), old.model.parameters()):
+        assert torch.equal(new.opt.state[a]["momentum_buffer"], old.opt.state[b]["momentum_buffer"])
+    strip = [[{k: v for k, v in r.items() if not k.endswith("time")} for r in run.history] for run in runs]
+    assert strip[0] == strip[1]
+
+
+def test_bn_snapshot_leaves_module_attributes_alone():
+    """Nothing a torch.compile guard looks at changes: the layers run in training mode with
+    track_running_stats on and their momentum, and the buffers are the same tensors afterwards."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4), nn.BatchNorm2d(4, momentum=None))
+    model.train()
+    seen = []
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.register_forward_pre_hook(lambda m, _: seen.append((m.training, m.track_running_stats, m.momentum)))
+    ids = [id(b) for b in model.buffers()]
+    before = [b.clone() for b in model.buffers()]
+    snap = BnStatsSnapshot(model)
+    x = torch.randn(8, 2, 3, 3)
+    for _ in range(2):  # the second time reuses the snapshot buffers allocated by the first
+        with snap.frozen():
+            model(x).sum().backward()  # the backward inside the block: it checks the buffers' versions
+            assert int(model[1].num_batches_tracked) > 0  # the pass did update them...
+    assert seen == [(True, True, 0.1), (True, True, None)] * 2
+    assert [id(b) for b in model.buffers()] == ids
+    for a, b in zip(before, model.buffers()):  # ...and the snapshot put them back, bit for bit
+        assert torch.equal(a, b)
+    with snap.frozen(freeze=False):
+        model(x)
+    assert int(model[1].num_batches_tracked) == 1 and int(model[2].num_batches_tracked) == 1
 
 
 def test_plot_skipped_without_matplotlib(tmp_path, monkeypatch):

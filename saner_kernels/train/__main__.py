@@ -21,7 +21,7 @@ import torch
 from .checkpoint import UnsafeCheckpointError
 from .cifar_n import CIFAR_N_FILES, DEFAULT_KEYS, load_human_labels
 from .data import DATASETS, DataError, DeviceData, load_dataset
-from .engine import OPTIMIZERS, Config, Run, resolve_device
+from .engine import AMP_MODES, OPTIMIZERS, Config, Run, resolve_device
 from .folders import FOLDER_DATASETS, PRESETS, load_folder_dataset
 from .noise import CIFAR100_ASYM_DEFAULT, CIFAR100_ASYM_VARIANTS, NOISE_TYPES, make_noisy_labels
 from .report import format_table, plot_curves, summary_rows
@@ -170,9 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    r.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast the forward pass in bfloat16")
+    r.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default="none",
+        help="autocast the forward passes: bf16 (recommended where supported; no loss scaling needed), or fp16 "
+        "with the stock torch.amp.GradScaler (its scale and the skipped steps are logged per epoch)",
+    )
     r.add_argument("--channels-last", action="store_true")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
+    r.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="--compile: torch.compile's backend (inductor, its default; aot_eager traces and runs the same graphs "
+        "without generating code: quick to compile, for tests and debugging)",
+    )
     r.add_argument(
         "--threads",
         type=int,
@@ -264,6 +276,7 @@ def config_from_args(args) -> tuple[Config, list[str]]:
         amp=args.amp,
         channels_last=args.channels_last,
         compile=args.compile,
+        compile_backend=args.compile_backend,
         groups_every=args.groups_every,
         out=args.out or os.path.join("runs", f"{args.dataset}-{noise_tag}-{model}-s{args.seed}"),
     )

@@ -34,6 +34,7 @@ from .report import JsonlLog
 from .streaming import StreamingData
 
 OPTIMIZERS = ("sgd", "sam", "saner")
+AMP_MODES = ("none", "bf16", "fp16")
 CKPT_VERSION = 1
 
 
@@ -73,6 +74,7 @@ class Config:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's default; the tests use aot_eager (no C++ compile)
     groups_every: int = 10
     eval_batch_size: int = 1000
     out: str = "runs/default"
@@ -159,21 +161,62 @@ def build_optimizer(name: str, params, cfg: Config):
     raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
 
 
-@contextlib.contextmanager
+def bn_running_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """running_mean, running_var and num_batches_tracked of every BatchNorm layer that tracks them."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            out += [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    return out
+
+
+class BnStatsSnapshot:
+    """Keeps one pass's BatchNorm statistics out of the running buffers: ``frozen()`` copies the running
+    buffers aside on entry and back on exit.
+
+    The layers stay exactly as they are (training mode, ``track_running_stats`` on), so a compiled model sees
+    the same module state in both SAM/SANER passes and never recompiles for it (toggling a module attribute
+    would fail torch.compile's guards on every switch). Eager results are the same as switching
+    ``track_running_stats`` off for the pass: in training mode BatchNorm normalises with the batch statistics
+    either way, and the buffers end bit-identical to their values before the pass (a copy, no arithmetic).
+    The copies are two fused ``_foreach_copy_`` calls per step into buffers allocated once.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._live: list[torch.Tensor] = []
+        self._saved: list[torch.Tensor] = []
+
+    def save(self) -> None:
+        live = bn_running_buffers(self.model)
+        if len(live) != len(self._live) or any(a is not b for a, b in zip(live, self._live)):
+            self._live, self._saved = live, [torch.empty_like(b) for b in live]  # first call, or buffers replaced
+        if live:
+            with torch.no_grad():
+                torch._foreach_copy_(self._saved, live)
+
+    def restore(self) -> None:
+        if self._live:
+            with torch.no_grad():
+                torch._foreach_copy_(self._live, self._saved)
+
+    @contextlib.contextmanager
+    def frozen(self, freeze: bool = True):
+        """The BatchNorm statistics of the forward passes inside the block do not count (when ``freeze``)."""
+        if not freeze:
+            yield
+            return
+        self.save()
+        try:
+            yield
+        finally:
+            self.restore()
+
+
 def frozen_bn_stats(model: nn.Module, freeze: bool = True):
-    """BatchNorm layers normalise with the batch statistics but leave running_mean/var and
-    num_batches_tracked untouched (``track_running_stats`` off for the duration)."""
-    if not freeze:
-        yield
-        return
-    mods = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for m in mods:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in mods:
-            m.track_running_stats = True
+    """BatchNorm layers normalise with the batch statistics, and running_mean/var and num_batches_tracked are
+    as they were before the block when it ends (a snapshot restored: see ``BnStatsSnapshot``)."""
+    return BnStatsSnapshot(model).frozen(freeze)
 
 
 class Progress:
@@ -258,16 +301,29 @@ class Run:
         if cfg.compile:
             if not hasattr(torch, "compile"):
                 raise SystemExit("--compile needs torch.compile (PyTorch >= 2.0)")
-            self.forward_model = torch.compile(self.model)
+            try:
+                self.forward_model = torch.compile(self.model, backend=cfg.compile_backend)
+            except RuntimeError as exc:  # torch._dynamo's InvalidBackend: says where the valid names are
+                raise SystemExit(f"--compile-backend {cfg.compile_backend}: {exc}") from exc
         self.opt, self.alpha_sched = build_optimizer(optimizer, self.model.parameters(), cfg)
         self.two_pass = optimizer in ("sam", "saner")
         self.gen = torch.Generator()
         self.gen.manual_seed(cfg.seed + 1)
         self.epoch = 0
         self.history: list[dict] = []
+        if cfg.amp not in AMP_MODES:
+            raise ValueError(f"unknown amp mode {cfg.amp!r}; choose from {AMP_MODES}")
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
+            torch.autocast(self.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
         )
+        # fp16 has too little range for the gradients: the stock GradScaler scales the loss, and skips (and backs
+        # off) a step whose gradients overflowed in either pass. bf16 has fp32's range and needs no scaler.
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
+        self._steps_taken = 0  # torch.optim.SGD steps that ran: the scaler skips an overflowed one altogether
+        if self.scaler is not None and not self.two_pass:
+            self.opt.register_step_post_hook(self._count_step)
+        self.bn_snapshot = BnStatsSnapshot(self.model)
         self._first_forward_done = False
 
     # -- checkpoint -------------------------------------------------------------------------------
@@ -282,6 +338,8 @@ class Run:
             "alpha_scheduler": self.alpha_sched.state_dict() if self.alpha_sched is not None else None,
             "rng": _rng_state(self.gen),
             "history": self.history,
+            # plain numbers (scale, growth tracker, factors): loads with weights_only=True
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def load(self, ck: dict) -> None:
@@ -299,6 +357,8 @@ class Run:
         self.opt.load_state_dict(ck["optimizer"])
         if self.alpha_sched is not None and ck["alpha_scheduler"] is not None:
             self.alpha_sched.load_state_dict(ck["alpha_scheduler"])
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])  # else (a checkpoint without fp16): a fresh scaler
         _set_rng_state(ck["rng"], self.gen)
         self.history = list(ck["history"])
         self.epoch = ck["epoch"]
@@ -328,9 +388,13 @@ class Run:
         except Exception as exc:
             hints = []
             if self.cfg.compile:
-                hints.append("--compile (torch.compile needs a working C++ compiler / Triton for this device)")
+                hints.append(
+                    f"--compile (torch.compile's {self.cfg.compile_backend} backend needs a working C++ compiler / "
+                    f"Triton for this device)"
+                )
             if self.cfg.amp != "none":
-                hints.append(f"--amp {self.cfg.amp} (needs bf16 support for these ops on {self.device.type})")
+                kind = {"bf16": "bfloat16", "fp16": "float16"}[self.cfg.amp]
+                hints.append(f"--amp {self.cfg.amp} (needs {kind} autocast for these ops on {self.device.type})")
             if self.cfg.channels_last:
                 hints.append("--channels-last")
             if hints:
@@ -341,8 +405,14 @@ class Run:
         self._first_forward_done = True
         return loss
 
+    def _count_step(self, *_) -> None:
+        self._steps_taken += 1
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
     def train_epoch(self) -> dict:
-        cfg, model, opt = self.cfg, self.model, self.opt
+        cfg, model, opt, scaler = self.cfg, self.model, self.opt, self.scaler
         lr = lr_at(cfg, self.epoch)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -352,20 +422,34 @@ class Run:
         fr_sum, fr_n = {"A": 0.0, "B": 0.0, "C": 0.0}, 0
         nb = self.data.num_train_batches(cfg.batch_size)
         bar = Progress(nb, f"{self.name} epoch {self.epoch + 1}/{cfg.epochs}", self.progress)
+        taken0 = self._steps_taken
+        skipped0 = opt.skipped_steps if scaler is not None and self.two_pass else 0
         for step, (_, x, y) in enumerate(self.data.train_batches(cfg.batch_size, self.gen)):
             if not self.two_pass:
                 loss = self._checked_loss(x, y)
                 opt.zero_grad(set_to_none=False)
-                loss.backward()
-                opt.step()
+                self._backward(loss)
+                if scaler is None:
+                    opt.step()
+                else:
+                    scaler.step(opt)  # unscales, and skips the step if a gradient overflowed
+                    scaler.update()
             else:
-                with frozen_bn_stats(model, cfg.bn_stats == "second"):
+                # the pass whose BatchNorm statistics must not count runs between a snapshot and its restore
+                # (restored after the backward: the BatchNorm backward saved the running buffers at their version)
+                with self.bn_snapshot.frozen(cfg.bn_stats == "second"):
                     loss = self._checked_loss(x, y)
-                    loss.backward()
+                    self._backward(loss)
                 opt.first_step(zero_grad=True)
-                with frozen_bn_stats(model, cfg.bn_stats == "first"):
-                    self._loss(x, y).backward()
-                opt.second_step(zero_grad=True)
+                with self.bn_snapshot.frozen(cfg.bn_stats == "first"):
+                    self._backward(self._loss(x, y))
+                if scaler is None:
+                    opt.second_step(zero_grad=True)
+                else:
+                    # the second step with the scaler's scale and found_inf (both passes): the update unscales
+                    # both gradients and is skipped on the device after an overflow; update() backs off then
+                    scaler.step(opt)
+                    scaler.update()
                 if cfg.groups_every > 0 and (step % cfg.groups_every == 0 or step == nb - 1):
                     fr = opt.group_fractions()  # a host sync: only every groups_every steps
                     if not math.isnan(fr["B"]):  # NaN: the step was skipped (non-finite gradients)
@@ -380,6 +464,12 @@ class Run:
         out = {"lr": lr, "alpha": alpha, "train_loss": float(loss_sum) / self.data.n_train}
         for k in fr_sum:
             out[f"group_{k.lower()}"] = fr_sum[k] / fr_n if fr_n else None
+        if scaler is not None:  # read once per epoch (host syncs)
+            out["grad_scale"] = scaler.get_scale()  # the scale after the epoch's last update
+            if self.two_pass:  # SAM/SANER take every step and skip an overflowed one on the device
+                out["skipped_steps"] = opt.skipped_steps - skipped0
+            else:
+                out["skipped_steps"] = nb - (self._steps_taken - taken0)
         return out
 
     @torch.no_grad()
@@ -466,7 +556,8 @@ def format_epoch(r: dict, epochs: int) -> str:
             f"clean-train {_p(r['train_clean_acc'])} noisy-fit {_p(r['noisy_fit_acc'])} "
             f"noisy->true {_p(r['noisy_true_acc'])} test {_p(r['test_acc'])}"
         )
+    amp = f" | scale {r['grad_scale']:g} skipped {r['skipped_steps']}" if r.get("grad_scale") is not None else ""
     return (
         f"[{r['run']}] ep {r['epoch']:>3}/{epochs} lr {r['lr']:.4g} alpha {alpha} loss {r['train_loss']:.3f} | "
-        f"{metrics} | B {_p(r.get('group_b'))} | {r['epoch_time']:.1f}s"
+        f"{metrics} | B {_p(r.get('group_b'))}{amp} | {r['epoch_time']:.1f}s"
     )
