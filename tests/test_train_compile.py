@@ -3,12 +3,10 @@ statistics must not count (the running buffers are snapshotted and restored, no 
 
 In-process CLI runs (not a subprocess), so that Dynamo's counters are visible here, with ``--compile-backend
 aot_eager``: the graphs are Dynamo's whatever the backend, and inductor's C++ code generation would take most of a
-minute here. ``test_compile_cli_inductor_bn_stats`` runs the default backend once, where asked for
-(SANER_TRAIN_INDUCTOR_TEST=1).
+minute here (tests/test_training_loops.py compiles a model with the default backend, inductor).
 """
 
 import json
-import os
 from collections import Counter
 
 import pytest
@@ -98,13 +96,3 @@ def test_compile_cli_bn_stats_second_compiles_once(tmp_path, fresh_dynamo):
     out = tmp_path / "compiled"
     assert compiled_cli_run(out, "--optimizer", "sam", "--bn-stats", "second") == 0  # pass 1 frozen
     check_compiled_once(fresh_dynamo, out, "sam")
-
-
-@pytest.mark.skipif(
-    os.environ.get("SANER_TRAIN_INDUCTOR_TEST") != "1",
-    reason="the default backend generates and compiles C++ for most of a minute on a CPU; SANER_TRAIN_INDUCTOR_TEST=1",
-)
-def test_compile_cli_inductor_bn_stats(tmp_path, fresh_dynamo):
-    out = tmp_path / "compiled"
-    assert compiled_cli_run(out, "--optimizer", "saner", "--bn-stats", "second", "--compile-backend", "inductor") == 0
-    check_compiled_once(fresh_dynamo, out, "saner")
