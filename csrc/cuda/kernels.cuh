@@ -291,8 +291,8 @@ struct UpdateScalars {
 // The scalars read from device memory at the start of an update.
 template <typename C>
 struct DeviceScalars {
-  C s;          // the perturbation scale
-  C inv;        // GradScaler's 1 / scale, when unscale
+  C s;             // the perturbation scale
+  C inv;           // GradScaler's 1 / scale, when unscale
   bool perturbed;  // s != 0; else e is +0 (g_sgd may hold inf, a stored e is stale)
   bool unscale;
 };
