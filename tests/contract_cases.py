@@ -182,7 +182,9 @@ def assert_same_step(actual: dict[str, Tensor], expected: dict[str, Tensor], dty
         if name == "stats":
             assert torch.equal(act, exp), f"group counts differ: {act.tolist()} vs {exp.tolist()}"
         else:
-            torch.testing.assert_close(act.float(), exp.float(), **tol, msg=lambda m: f"{name}: {m}")
+            if act.dtype != torch.float64:  # 16-bit storage compares in fp32; fp64 in its own precision
+                act, exp = act.float(), exp.float()
+            torch.testing.assert_close(act, exp, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def assert_step_skipped(got: dict[str, Tensor], before: dict[str, Tensor], swap: bool) -> None:
