@@ -1,7 +1,8 @@
 """saner_kernels: fused SANER and SAM optimizers for PyTorch.
 
-    from saner_kernels import SANER, SAM, AlphaScheduler, available_backends
+from saner_kernels import SANER, SAM, AlphaScheduler, available_backends
 """
+
 from .ops import available_backends
 from .optimizer import SAM, SANER
 from .schedule import AlphaScheduler, scheduled_alpha

@@ -14,6 +14,7 @@ bucket's g_SGD, and per device a one-element "sentinel" gradient set to 1. Then:
   applied, so that the update can still recompute the perturbation from the unscaled g_SGD.
 The group is withdrawn by the second step (or by undoing a failed closure).
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -14,6 +14,7 @@ one (``flat_grad``), which is zero. That saves copying g into g_sgd.
 Kernels know nothing of buckets; the optimizer knows nothing of kernels: it hands ``bucket.flat_*``
 tensors to whichever backend it chose.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -178,5 +179,7 @@ class FlatBucket:
                     p.grad = p.grad.clone()
 
     def __repr__(self) -> str:
-        return (f"FlatBucket({len(self.params)} params, {self.n_valid} elements padded to {self.n}, "
-                f"{self.dtype}, {self.device})")
+        return (
+            f"FlatBucket({len(self.params)} params, {self.n_valid} elements padded to {self.n}, "
+            f"{self.dtype}, {self.device})"
+        )

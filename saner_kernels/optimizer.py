@@ -5,6 +5,7 @@ and scalars to a backend chosen per bucket (see ``ops/__init__.py``) and never l
 Semantics: docs/design.md, "Semantics". Nothing in a step reads a device value on the host: the perturbation
 scale and the non-finite skip flag stay on the device.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -98,7 +99,10 @@ class _NonFiniteWatch:
             warnings.warn(
                 "SANER skipped a step because the first gradient's norm was not finite (inf/NaN "
                 "gradients); weights and momentum were left unchanged. `optimizer.skipped_steps` counts "
-                "such steps.", RuntimeWarning, stacklevel=3)
+                "such steps.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def total(self) -> int:
         return 0 if self.count is None else int(self.count)
@@ -171,8 +175,17 @@ class SANER(torch.optim.Optimizer):
         track_groups: bool = False,
     ):
         ops.check_backend_name(backend)
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, rho=rho, alpha=alpha, adaptive=adaptive, eps=eps)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            rho=rho,
+            alpha=alpha,
+            adaptive=adaptive,
+            eps=eps,
+        )
         self.backend = backend
         self.track_groups = track_groups
         self._buckets: list[list[tuple[FlatBucket, object]]] = []
@@ -269,7 +282,8 @@ class SANER(torch.optim.Optimizer):
                 if p.grad is not None and p.grad.is_sparse:
                     raise RuntimeError(
                         "SANER does not support sparse gradients; use dense gradients "
-                        "(e.g. nn.Embedding(..., sparse=False)) for parameters optimized by SANER/SAM.")
+                        "(e.g. nn.Embedding(..., sparse=False)) for parameters optimized by SANER/SAM."
+                    )
 
     def _sync_buckets(self) -> None:
         """(Re)build a group's buckets when its set of parameters with gradients changed or a
@@ -329,7 +343,7 @@ class SANER(torch.optim.Optimizer):
         self._nonfinite.poll()
         self._sync_buckets()
         partials = []
-        for gi, bi, group, bucket, backend in self._all_buckets():
+        for _, _, group, bucket, backend in self._all_buckets():
             bucket.gather_grads()
             partials.append(backend.grad_sq_norm(bucket.flat_grad, bucket.flat_param if group["adaptive"] else None))
         step = _StepState(swapped=zero_grad)
@@ -342,8 +356,11 @@ class SANER(torch.optim.Optimizer):
             step.skip = (~finite).float()
             for gi, bi, group, bucket, backend in self._all_buckets():
                 scale = torch.where(finite, group["rho"] / (norm + _NORM_EPS), torch.zeros_like(norm))
-                scale = scale.to(device=bucket.device, non_blocking=True,
-                                 dtype=torch.float64 if bucket.dtype == torch.float64 else torch.float32)
+                scale = scale.to(
+                    device=bucket.device,
+                    non_blocking=True,
+                    dtype=torch.float64 if bucket.dtype == torch.float64 else torch.float32,
+                )
                 skip = step.skip_on(bucket.device)
                 step.scales[gi, bi] = scale
                 e = bucket.perturbation() if group["adaptive"] else None
@@ -371,8 +388,10 @@ class SANER(torch.optim.Optimizer):
         self._check_grads()
         for _, _, _, bucket, _ in self._all_buckets():
             if not bucket.params_bound():
-                raise RuntimeError("a parameter's storage was replaced between first_step() and second_step() "
-                                   "(model.to(), p.data = ...); do that outside a SANER step.")
+                raise RuntimeError(
+                    "a parameter's storage was replaced between first_step() and second_step() "
+                    "(model.to(), p.data = ...); do that outside a SANER step."
+                )
         grad_scale, found_inf = scaler_inputs(self)
         if found_inf is not None:  # GradScaler is stepping us: its overflow check covered both passes
             step.skip = torch.maximum(step.skip, (found_inf.to(step.skip.device) != 0).float())
@@ -391,8 +410,7 @@ class SANER(torch.optim.Optimizer):
                 inv_scale = grad_scale.double().reciprocal().float().to(bucket.device)
             if found_inf is not None:  # after scaler.unscale_(opt) g_SGD is unscaled: recompute e = g_SGD * s
                 scale = scale / self._scaler_bridge.applied_factor(bucket.device).to(scale.dtype)
-            self._update_bucket(group, bucket, backend, scale, step.skip_on(bucket.device), stats, zero_grad,
-                                inv_scale)
+            self._update_bucket(group, bucket, backend, scale, step.skip_on(bucket.device), stats, zero_grad, inv_scale)
             if zero_grad:
                 bucket.spare_is_zero = True  # the update zeroed both gradient buffers
         if self.track_groups:
@@ -403,8 +421,17 @@ class SANER(torch.optim.Optimizer):
         if zero_grad:
             self._zero_unbucketed_grads()
 
-    def _update_bucket(self, group: dict, bucket: FlatBucket, backend, scale: Tensor, skip: Tensor,
-                       stats: Optional[Tensor], zero_grads: bool, inv_scale: Optional[Tensor]) -> None:
+    def _update_bucket(
+        self,
+        group: dict,
+        bucket: FlatBucket,
+        backend,
+        scale: Tensor,
+        skip: Tensor,
+        stats: Optional[Tensor],
+        zero_grads: bool,
+        inv_scale: Optional[Tensor],
+    ) -> None:
         hyper = UpdateHyper.from_group(group)
         has_momentum = hyper.momentum != 0
         initialized = [self._momentum_of(p) is not None for p in bucket.params] if has_momentum else []
@@ -416,17 +443,36 @@ class SANER(torch.optim.Optimizer):
         tensors = (bucket.flat_param, bucket.flat_grad, bucket.flat_g_sgd, buf)
         if not has_momentum or all(initialized) or not any(initialized) or hyper.dampening == 0:
             # With zero dampening a zero buffer makes "later step" equal "first step" bit for bit.
-            backend.update_(*tensors, scale, skip, hyper, e=e, first_momentum_step=has_momentum and not any(initialized),
-                            zero_grads=zero_grads, stats=stats, n_valid=bucket.n_valid, inv_scale=inv_scale)
+            backend.update_(
+                *tensors,
+                scale,
+                skip,
+                hyper,
+                e=e,
+                first_momentum_step=has_momentum and not any(initialized),
+                zero_grads=zero_grads,
+                stats=stats,
+                n_valid=bucket.n_valid,
+                inv_scale=inv_scale,
+            )
         else:
             # Some params take their first momentum step and others a later one, with dampening: rare (a
             # layer unfrozen mid-training). One update per run of parameters in the same state, through the
             # bucket's own backend; the bucket's padding is left out (it is zero and stays zero).
             for first, lo, hi in _runs(bucket, [not i for i in initialized]):
                 piece = [t[lo:hi] if t is not None else None for t in tensors]
-                backend.update_(*piece, scale, skip, hyper, e=e[lo:hi] if e is not None else None,
-                                first_momentum_step=first, zero_grads=zero_grads, stats=stats, n_valid=hi - lo,
-                                inv_scale=inv_scale)
+                backend.update_(
+                    *piece,
+                    scale,
+                    skip,
+                    hyper,
+                    e=e[lo:hi] if e is not None else None,
+                    first_momentum_step=first,
+                    zero_grads=zero_grads,
+                    stats=stats,
+                    n_valid=hi - lo,
+                    inv_scale=inv_scale,
+                )
         if has_momentum and not all(initialized):
             # A skipped first step must leave the state as it was (no momentum buffer): read the skip
             # flag here. It is the only host sync, and only on a parameter's first momentum step.
@@ -472,8 +518,13 @@ class SANER(torch.optim.Optimizer):
         step = self._step
         self._scaler_bridge.withdraw(self.param_groups)
         for gi, bi, group, bucket, backend in self._all_buckets():
-            backend.restore_(bucket.flat_param, step.scales[gi, bi], step.skip_on(bucket.device),
-                             g_sgd=bucket.flat_g_sgd, e=bucket.flat_e if group["adaptive"] else None)
+            backend.restore_(
+                bucket.flat_param,
+                step.scales[gi, bi],
+                step.skip_on(bucket.device),
+                g_sgd=bucket.flat_g_sgd,
+                e=bucket.flat_e if group["adaptive"] else None,
+            )
             if step.swapped:
                 bucket.swap_grad_buffers()  # p.grad holds g_SGD again; the other buffer has the closure's partial grads
                 bucket.spare_is_zero = False
@@ -510,12 +561,35 @@ class SANER(torch.optim.Optimizer):
 class SAM(SANER):
     """Sharpness-Aware Minimization with an SGD-momentum base (davda54/sam style): SANER with alpha = 1."""
 
-    def __init__(self, params: Iterable, lr: float = required, momentum: float = 0.9, dampening: float = 0.0,
-                 weight_decay: float = 5e-4, nesterov: bool = False, rho: float = 0.1, adaptive: bool = False,
-                 eps: float = 1e-8, *, backend: str = "auto", track_groups: bool = False):
-        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                         nesterov=nesterov, rho=rho, alpha=1.0, adaptive=adaptive, eps=eps, backend=backend,
-                         track_groups=track_groups)
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = required,
+        momentum: float = 0.9,
+        dampening: float = 0.0,
+        weight_decay: float = 5e-4,
+        nesterov: bool = False,
+        rho: float = 0.1,
+        adaptive: bool = False,
+        eps: float = 1e-8,
+        *,
+        backend: str = "auto",
+        track_groups: bool = False,
+    ):
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            rho=rho,
+            alpha=1.0,
+            adaptive=adaptive,
+            eps=eps,
+            backend=backend,
+            track_groups=track_groups,
+        )
 
     def add_param_group(self, param_group: dict) -> None:
         if param_group.get("alpha", 1.0) != 1.0:

@@ -1,4 +1,5 @@
 """The paper's alpha schedule: linear from 1 to each group's target over ``k`` epochs."""
+
 from __future__ import annotations
 
 import torch

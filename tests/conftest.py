@@ -5,6 +5,7 @@ the ``interpreter``-marked tests (Triton kernels on CPU tensors) run only in a p
 with ``TRITON_INTERPRET=1`` (``make test`` starts one after the main run), and that process runs
 nothing else. Deselected, not skipped: each test runs in exactly one of the two processes.
 """
+
 import os
 
 import pytest

@@ -4,6 +4,7 @@ Every kernel backend's tests (Triton, C++ CPU, CUDA C++) draw their inputs from 
 all face the same edge cases: zeros in g_sgd, exact sign flips, |g_sgd| around eps, equal
 magnitudes (the A/B boundary), large magnitudes, and padding zeros at the end of the bucket.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,7 +14,6 @@ import torch
 from torch import Tensor
 
 from saner_kernels.ops import reference
-
 from saner_kernels.ops.hyper import UpdateHyper
 
 # Multiples of 128 (flat buckets) and odd lengths that exercise every vector tail.
@@ -25,8 +25,9 @@ EPS = 1e-8
 # the update zeroes both gradient buffers); otherwise first_step(zero_grad=False) (perturb_ copies g).
 SWITCHES = [
     dict(adaptive=a, nesterov=n, first_momentum_step=f, alpha=al, track_groups=t, swap=sw)
-    for a, n, f, al, t, sw in itertools.product((False, True), (False, True), (False, True), (0.5, 1.0),
-                                                (False, True), (False, True))
+    for a, n, f, al, t, sw in itertools.product(
+        (False, True), (False, True), (False, True), (0.5, 1.0), (False, True), (False, True)
+    )
 ]
 
 # Per-step tolerances, one table for every backend and the optimizer-level tests: fp32 at rtol 1e-6;
@@ -34,8 +35,8 @@ SWITCHES = [
 TOLERANCES = {
     torch.float32: dict(rtol=1e-6, atol=1e-6),
     torch.float64: dict(rtol=1e-12, atol=1e-12),
-    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5),
-    torch.float16: dict(rtol=2 ** -10, atol=1e-6),
+    torch.bfloat16: dict(rtol=2**-7, atol=1e-5),
+    torch.float16: dict(rtol=2**-10, atol=1e-6),
 }
 # Whole optimizer runs of a few steps on a toy model: relative error of the weights against the reference.
 OPTIMIZER_RTOL = {"reference": 0.0, "kernel": 1e-5}
@@ -83,8 +84,9 @@ def expected_ops(interpreter: bool, dtype: torch.dtype):
     return TRUNCATING_REFERENCE if interpreter and dtype == torch.bfloat16 else reference
 
 
-def make_bucket_tensors(n: int, dtype: torch.dtype = torch.float32, seed: int = 0, device="cpu",
-                        pad: int = 0) -> dict[str, Tensor]:
+def make_bucket_tensors(
+    n: int, dtype: torch.dtype = torch.float32, seed: int = 0, device="cpu", pad: int = 0
+) -> dict[str, Tensor]:
     """A bucket's tensors of length n, edge cases mixed into random data; the last ``pad`` are 0.
 
     ``g`` is the first gradient (it becomes g_sgd in perturb_), ``g_sam`` the second one, built
@@ -98,22 +100,22 @@ def make_bucket_tensors(n: int, dtype: torch.dtype = torch.float32, seed: int = 
     buf = torch.randn(n, generator=gen) * 1e-2
     k = max(n // 16, 1)
     idx = torch.randperm(n, generator=gen)
-    groups = [idx[i * k:(i + 1) * k] for i in range(8)]
-    g[groups[0]] = 0.0                                         # den == eps
-    g_sam[groups[1]] = -g[groups[1]]                           # exact sign flips
+    groups = [idx[i * k : (i + 1) * k] for i in range(8)]
+    g[groups[0]] = 0.0  # den == eps
+    g_sam[groups[1]] = -g[groups[1]]  # exact sign flips
     g[groups[2]] = EPS * (torch.rand(k, generator=gen) * 4 - 2)  # |g_sgd| around eps
     g_sam[groups[2]] = EPS * (torch.rand(k, generator=gen) * 4 - 2)
-    g_sam[groups[3]] = 0.0                                     # zero SAM gradient
-    g_sam[groups[4]] = g[groups[4]]                            # r just below/above 1 (den = g_sgd + eps)
-    w[groups[5]] *= 1e3                                        # large magnitudes
+    g_sam[groups[3]] = 0.0  # zero SAM gradient
+    g_sam[groups[4]] = g[groups[4]]  # r just below/above 1 (den = g_sgd + eps)
+    w[groups[5]] *= 1e3  # large magnitudes
     g[groups[5]] *= 1e3
     g_sam[groups[5]] *= 1e3
-    g_sam[groups[6]] = g[groups[6]] * 0.5                      # clean Group B
-    g_sam[groups[7]] = g[groups[7]] * 2.0                      # clean Group A
+    g_sam[groups[6]] = g[groups[6]] * 0.5  # clean Group B
+    g_sam[groups[7]] = g[groups[7]] * 2.0  # clean Group A
     tensors = dict(w=w, g=g, g_sam=g_sam, g_sgd=torch.randn(n, generator=gen), buf=buf)
     if pad:
         for t in tensors.values():
-            t[n - pad:] = 0.0
+            t[n - pad :] = 0.0
     return {name: t.to(dtype=dtype, device=device) for name, t in tensors.items()}
 
 
@@ -132,11 +134,27 @@ def no_skip(device) -> Tensor:
     return torch.zeros((), device=device)
 
 
-def run_step(ops, tensors: dict[str, Tensor], *, adaptive: bool, nesterov: bool, first_momentum_step: bool,
-             alpha: float, track_groups: bool, swap: bool = True, scale: Optional[Tensor] = None,
-             skip: Optional[Tensor] = None, update_skip: Optional[Tensor] = None, lr: float = 0.1,
-             momentum: float = 0.9, dampening: float = 0.0, weight_decay: float = 5e-4, eps: float = EPS,
-             n_valid: Optional[int] = None, inv_scale: Optional[Tensor] = None) -> dict[str, Tensor]:
+def run_step(
+    ops,
+    tensors: dict[str, Tensor],
+    *,
+    adaptive: bool,
+    nesterov: bool,
+    first_momentum_step: bool,
+    alpha: float,
+    track_groups: bool,
+    swap: bool = True,
+    scale: Optional[Tensor] = None,
+    skip: Optional[Tensor] = None,
+    update_skip: Optional[Tensor] = None,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    dampening: float = 0.0,
+    weight_decay: float = 5e-4,
+    eps: float = EPS,
+    n_valid: Optional[int] = None,
+    inv_scale: Optional[Tensor] = None,
+) -> dict[str, Tensor]:
     """perturb_ then update_ with ``ops`` on a copy of ``tensors``; returns the final tensors (+ stats, e).
 
     ``swap``: the optimizer's zero_grad=True path: g itself becomes g_sgd (no copy) and the update zeroes
@@ -161,12 +179,31 @@ def run_step(ops, tensors: dict[str, Tensor], *, adaptive: bool, nesterov: bool,
         g_sgd = t["g_sgd"]
     t["w_perturbed"] = t["w"].clone()
     stats = torch.zeros(3, dtype=torch.int64, device=device) if track_groups else None
-    hyper = UpdateHyper(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, alpha=alpha,
-                        eps=eps, nesterov=nesterov)
+    hyper = UpdateHyper(
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        alpha=alpha,
+        eps=eps,
+        nesterov=nesterov,
+    )
     buf = t["buf"] if momentum != 0 else None
-    ops.update_(t["w"], t["g_sam"], g_sgd, buf, scale, update_skip, hyper, e=e,
-                first_momentum_step=first_momentum_step and buf is not None, zero_grads=swap, stats=stats,
-                n_valid=n_valid, inv_scale=inv_scale)
+    ops.update_(
+        t["w"],
+        t["g_sam"],
+        g_sgd,
+        buf,
+        scale,
+        update_skip,
+        hyper,
+        e=e,
+        first_momentum_step=first_momentum_step and buf is not None,
+        zero_grads=swap,
+        stats=stats,
+        n_valid=n_valid,
+        inv_scale=inv_scale,
+    )
     if stats is not None:
         t["stats"] = stats
     if e is not None:

@@ -4,6 +4,7 @@
 uses the division ``r = g / (g_sgd + eps)`` exactly as written); ``davda54_sam_step`` is the classic
 SAM loop: clone the weights, perturb, second backward, restore the clone, ``torch.optim.SGD.step``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,9 @@ class PlainLoopSANER:
                 sq = sq + scaled.double().pow(2).sum()  # N accumulated in fp64: no summation-order noise
         norm = torch.as_tensor(sq).sqrt()
         for group in self.param_groups:
-            s = (group["rho"] / (norm + 1e-12)).to(torch.float64 if group["params"][0].dtype == torch.float64
-                                                   else torch.float32)
+            s = (group["rho"] / (norm + 1e-12)).to(
+                torch.float64 if group["params"][0].dtype == torch.float64 else torch.float32
+            )
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -49,8 +51,11 @@ class PlainLoopSANER:
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
                 r = g / (st["g_sgd"] + group["eps"])
                 m = (r > 0) & (r < 1)
-                self.counts = [self.counts[0] + int((r >= 1).sum()), self.counts[1] + int(m.sum()),
-                               self.counts[2] + int((r <= 0).sum())]
+                self.counts = [
+                    self.counts[0] + int((r >= 1).sum()),
+                    self.counts[1] + int(m.sum()),
+                    self.counts[2] + int((r <= 0).sum()),
+                ]
                 d = torch.where(m, group["alpha"] * g, g)
                 # weight decay and momentum exactly as torch.optim.SGD writes them
                 d = d.add(p, alpha=group["weight_decay"])

@@ -3,15 +3,16 @@
 Every CPU-runnable backend: the C++ op, the reference, and Triton under the interpreter (that parameter
 runs in the TRITON_INTERPRET=1 pytest process, see tests/conftest.py).
 """
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
+from toy_models import MODELS, batches, loss_fn, twin
 
 from saner_kernels import SANER
-from toy_models import MODELS, batches, loss_fn, twin
 
 BACKENDS = ["reference", "cpp", pytest.param("triton", marks=pytest.mark.interpreter)]
 HYPER = dict(lr=0.05, momentum=0.9, weight_decay=5e-4, rho=0.1, alpha=0.5)

@@ -7,16 +7,29 @@ Parameters:
   pytest process that ``make test`` starts with ``TRITON_INTERPRET=1`` (set before anything imports
   triton; tests/conftest.py deselects these items in every other process, and everything else in that one).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
+from contract_cases import (
+    DTYPES,
+    EPS,
+    LENGTHS,
+    SWITCHES,
+    assert_same_step,
+    assert_step_skipped,
+    clone_all,
+    expected_ops,
+    make_bucket_tensors,
+    no_skip,
+    run_step,
+    scale_for,
+    tolerances,
+)
 
 from saner_kernels.ops import reference, resolve_backend
 from saner_kernels.ops.hyper import UpdateHyper
-
-from contract_cases import (DTYPES, EPS, LENGTHS, SWITCHES, assert_same_step, assert_step_skipped, clone_all,
-                            expected_ops, make_bucket_tensors, no_skip, run_step, scale_for, tolerances)
 
 ALL_DTYPES = DTYPES + (torch.float64,)
 # (backend name, device, test id, marks, the storage dtypes it takes: the matrix holds only these pairs)
@@ -29,8 +42,13 @@ BACKENDS = [
 SMALL = [n for n in LENGTHS if n <= 1024]
 LARGE = [n for n in LENGTHS if n > 1024]
 # A representative subset for the long buckets: plain SAM, SANER with tracking, everything on.
-LARGE_SWITCHES = [sw for sw in SWITCHES if sw == dict(sw, adaptive=False, nesterov=False, first_momentum_step=False)
-                  and sw["alpha"] == 1.0 and not sw["track_groups"]]
+LARGE_SWITCHES = [
+    sw
+    for sw in SWITCHES
+    if sw == dict(sw, adaptive=False, nesterov=False, first_momentum_step=False)
+    and sw["alpha"] == 1.0
+    and not sw["track_groups"]
+]
 LARGE_SWITCHES += [
     dict(adaptive=False, nesterov=False, first_momentum_step=False, alpha=0.5, track_groups=True, swap=True),
     dict(adaptive=True, nesterov=True, first_momentum_step=True, alpha=0.5, track_groups=True, swap=False),
@@ -75,8 +93,12 @@ def pytest_generate_tests(metafunc):
         return
     marker = metafunc.definition.get_closest_marker("dtypes")
     wanted = marker.args[0] if marker else ALL_DTYPES
-    params = [pytest.param((b, d), dt, id=f"{i}-{str(dt).replace('torch.', '')}", marks=m)
-              for b, d, i, m, takes in BACKENDS for dt in wanted if dt in takes]
+    params = [
+        pytest.param((b, d), dt, id=f"{i}-{str(dt).replace('torch.', '')}", marks=m)
+        for b, d, i, m, takes in BACKENDS
+        for dt in wanted
+        if dt in takes
+    ]
     metafunc.parametrize(("backend", "dtype"), params, indirect=["backend"])
 
 
@@ -94,8 +116,9 @@ def test_grad_sq_norm(backend, n, dtype, adaptive):
     got = backend.ops.grad_sq_norm(t["g"], w)
     assert got.dim() == 0 and got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     rtol = 1e-12 if dtype == torch.float64 else 1e-6
-    torch.testing.assert_close(got.double().cpu(), reference.grad_sq_norm(t["g"], w).double().cpu(), rtol=rtol,
-                               atol=0.0)
+    torch.testing.assert_close(
+        got.double().cpu(), reference.grad_sq_norm(t["g"], w).double().cpu(), rtol=rtol, atol=0.0
+    )
     assert torch.equal(got, backend.ops.grad_sq_norm(t["g"], w)), "two runs differ"
 
 
@@ -122,8 +145,18 @@ def test_step_unaligned_views(backend, dtype):
 
 def test_step_runtime_scalars(backend, dtype):
     """Dampening, no weight decay, other lr/eps/momentum: runtime arguments, not just run_step's defaults."""
-    kw = dict(adaptive=False, nesterov=False, first_momentum_step=False, alpha=0.25, track_groups=True,
-              lr=0.03, momentum=0.8, dampening=0.3, weight_decay=0.0, eps=1e-3)
+    kw = dict(
+        adaptive=False,
+        nesterov=False,
+        first_momentum_step=False,
+        alpha=0.25,
+        track_groups=True,
+        lr=0.03,
+        momentum=0.8,
+        dampening=0.3,
+        weight_decay=0.0,
+        eps=1e-3,
+    )
     backend.check(1024, dtype, kw, seed=11)
 
 
@@ -141,8 +174,7 @@ def test_fp64_scale_rounds_like_torch(backend, dtype):
     t = backend.tensors(4096 + 3, torch.float64, seed=53)
     for sw in SWITCHES[::9]:
         s = scale_for(t, adaptive=sw["adaptive"]) * (1 + 1e-12)
-        assert_same_step(run_step(backend.ops, t, scale=s, **sw), run_step(reference, t, scale=s, **sw),
-                         torch.float64)
+        assert_same_step(run_step(backend.ops, t, scale=s, **sw), run_step(reference, t, scale=s, **sw), torch.float64)
 
 
 # --------------------------------------------------------------------------- group counts
@@ -163,8 +195,16 @@ def test_stats_accumulate(backend):
     for ops in (backend.ops, reference):
         x = clone_all(t)
         stats = torch.tensor([5, 6, 7], dtype=torch.int64, device=backend.device)
-        ops.update_(x["w"], x["g_sam"], x["g"], x["buf"], scale_for(t), no_skip(backend.device),
-                    UpdateHyper(lr=0.1, momentum=0.9, alpha=1.0, eps=EPS), stats=stats)
+        ops.update_(
+            x["w"],
+            x["g_sam"],
+            x["g"],
+            x["buf"],
+            scale_for(t),
+            no_skip(backend.device),
+            UpdateHyper(lr=0.1, momentum=0.9, alpha=1.0, eps=EPS),
+            stats=stats,
+        )
         results.append(stats.cpu())
     assert torch.equal(results[0], results[1]) and results[0].sum().item() == 18 + 1024
 
@@ -232,8 +272,17 @@ def test_empty_bucket_is_a_no_op(backend):
     s, skip = torch.tensor(0.1, device=backend.device), no_skip(backend.device)
     assert backend.ops.grad_sq_norm(x).item() == 0.0
     backend.ops.perturb_(x, x, s, skip, e=x.clone(), g_sgd=x.clone())
-    backend.ops.update_(x, x.clone(), x.clone(), x.clone(), s, skip, UpdateHyper(lr=0.1, momentum=0.9),
-                        stats=torch.zeros(3, dtype=torch.int64, device=backend.device), zero_grads=True)
+    backend.ops.update_(
+        x,
+        x.clone(),
+        x.clone(),
+        x.clone(),
+        s,
+        skip,
+        UpdateHyper(lr=0.1, momentum=0.9),
+        stats=torch.zeros(3, dtype=torch.int64, device=backend.device),
+        zero_grads=True,
+    )
     backend.ops.restore_(x, s, skip, g_sgd=x.clone())
 
 
@@ -269,10 +318,19 @@ def test_arguments_are_checked(backend):
         "scale": lambda: backend.ops.perturb_(t["w"], t["g"], s.half(), skip),
         "scale ": lambda: backend.ops.perturb_(t["w"], t["g"], torch.full((2,), 0.1, device=dev), skip),
         "skip": lambda: backend.ops.perturb_(t["w"], t["g"], s, torch.zeros(2, device=dev)),
-        "stats": lambda: backend.ops.update_(t["w"], t["g_sam"], t["g_sgd"], t["buf"], s, skip,
-                                             UpdateHyper(lr=0.1, momentum=0.9), stats=torch.zeros(3, device=dev)),
-        "inv_scale": lambda: backend.ops.update_(t["w"], t["g_sam"], t["g_sgd"], t["buf"], s, skip,
-                                                 UpdateHyper(lr=0.1, momentum=0.9), inv_scale=s.double()),
+        "stats": lambda: backend.ops.update_(
+            t["w"],
+            t["g_sam"],
+            t["g_sgd"],
+            t["buf"],
+            s,
+            skip,
+            UpdateHyper(lr=0.1, momentum=0.9),
+            stats=torch.zeros(3, device=dev),
+        ),
+        "inv_scale": lambda: backend.ops.update_(
+            t["w"], t["g_sam"], t["g_sgd"], t["buf"], s, skip, UpdateHyper(lr=0.1, momentum=0.9), inv_scale=s.double()
+        ),
     }
     if backend.device.type != "cpu":
         bad_calls["scale  "] = lambda: backend.ops.perturb_(t["w"], t["g"], s.cpu(), skip)

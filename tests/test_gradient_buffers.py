@@ -1,14 +1,15 @@
 """The two gradient buffers of a bucket (docs/design.md, "Gradient buffers"): what ``p.grad`` is after
 each call, in every mix of ``zero_grad`` arguments, and that every mix trains like the plain loop."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from contract_cases import OPTIMIZER_RTOL
 from plain_loop import PlainLoopSANER
-from saner_kernels import SANER, available_backends
 from toy_models import MODELS, batches, loss_fn, max_rel_err, twin
+
+from saner_kernels import SANER, available_backends
 
 HYPER = dict(lr=0.05, momentum=0.9, weight_decay=5e-4, rho=0.1, alpha=0.5)
 CPU_BACKENDS = [name for name, ok in available_backends("cpu").items() if ok]
@@ -79,18 +80,26 @@ def _train(model, opt, data, pattern):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("pattern", [
-    [(True, True)], [(False, False)], [(True, False)], [(False, True)],
-    [(True, True), (False, False), (True, False), (False, True), (True, True)],
-], ids=["swap", "copy", "swap-then-keep", "copy-then-zero", "mixed"])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        [(True, True)],
+        [(False, False)],
+        [(True, False)],
+        [(False, True)],
+        [(True, True), (False, False), (True, False), (False, True), (True, True)],
+    ],
+    ids=["swap", "copy", "swap-then-keep", "copy-then-zero", "mixed"],
+)
 def test_every_zero_grad_mix_trains_like_the_plain_loop(backend, pattern):
     data = batches("mlp", 7)
     model = MODELS["mlp"]()
     oracle = twin(model)
     opt = SANER(model.parameters(), backend=backend, **HYPER)
     _train(model, opt, data, pattern)
-    loop = PlainLoopSANER([dict(params=list(oracle.parameters()), dampening=0.0,
-                                nesterov=False, adaptive=False, eps=1e-8, **HYPER)])
+    loop = PlainLoopSANER(
+        [dict(params=list(oracle.parameters()), dampening=0.0, nesterov=False, adaptive=False, eps=1e-8, **HYPER)]
+    )
     for batch in data:
         loss_fn(oracle, batch).backward()
         loop.first_step()

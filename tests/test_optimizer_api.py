@@ -1,4 +1,5 @@
 """The optimizer's torch.optim behaviour: resume, buckets and views, edge cases, bad input, schedule."""
+
 import copy
 import io
 import math
@@ -6,15 +7,24 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
-
 from contract_cases import OPTIMIZER_RTOL
 from plain_loop import PlainLoopSANER
-from saner_kernels import SAM, SANER, AlphaScheduler, available_backends
+from torch import nn
 from toy_models import MODELS, batches, loss_fn, max_rel_err, run_saner, twin
 
-HYPER = dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=5e-4, nesterov=False, rho=0.1, alpha=0.5,
-             adaptive=False, eps=1e-8)
+from saner_kernels import SAM, SANER, AlphaScheduler, available_backends
+
+HYPER = dict(
+    lr=0.05,
+    momentum=0.9,
+    dampening=0.0,
+    weight_decay=5e-4,
+    nesterov=False,
+    rho=0.1,
+    alpha=0.5,
+    adaptive=False,
+    eps=1e-8,
+)
 CPU_BACKENDS = [name for name, ok in available_backends("cpu").items() if ok]
 
 
@@ -61,14 +71,14 @@ def test_resume_is_bitwise(backend):
     opt = SANER(model.parameters(), backend=backend, **HYPER)
     sched = AlphaScheduler(opt, k=3)
     for i in range(10):
-        run_saner(model, opt, data[i:i + 1])
+        run_saner(model, opt, data[i : i + 1])
         sched.step()
 
     part = twin(fresh)
     opt_a = SANER(part.parameters(), backend=backend, **HYPER)
     sched_a = AlphaScheduler(opt_a, k=3)
     for i in range(5):
-        run_saner(part, opt_a, data[i:i + 1])
+        run_saner(part, opt_a, data[i : i + 1])
         sched_a.step()
     blob = io.BytesIO()
     torch.save({"model": part.state_dict(), "opt": opt_a.state_dict(), "sched": sched_a.state_dict()}, blob)
@@ -82,7 +92,7 @@ def test_resume_is_bitwise(backend):
     opt_b.load_state_dict(ckpt["opt"])
     sched_b.load_state_dict(ckpt["sched"])
     for i in range(5, 10):
-        run_saner(resumed, opt_b, data[i:i + 1])
+        run_saner(resumed, opt_b, data[i : i + 1])
         sched_b.step()
     for p, q in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
@@ -366,8 +376,7 @@ def test_failing_closure_restores_the_weights():
 # ------------------------------------------------------------------------------- schedule
 def test_alpha_scheduler():
     model = MODELS["mlp"]()
-    opt = SANER([{"params": model[0].parameters(), "alpha": 0.2}, {"params": model[2].parameters()}],
-                lr=0.1, alpha=0.6)
+    opt = SANER([{"params": model[0].parameters(), "alpha": 0.2}, {"params": model[2].parameters()}], lr=0.1, alpha=0.6)
     sched = AlphaScheduler(opt, k=4)
     seen = [sched.get_alpha()]
     for _ in range(6):

@@ -1,10 +1,11 @@
 """The reference backend, driven by the optimizer, against oracles written from docs/design.md, "Semantics"."""
+
 import pytest
 import torch
-
 from plain_loop import PlainLoopSANER, davda54_sam_step
-from saner_kernels import SAM, SANER
 from toy_models import MODELS, batches, loss_fn, max_rel_err, run_saner, twin
+
+from saner_kernels import SAM, SANER
 
 VARIANTS = [
     dict(momentum=0.9, dampening=0.0, nesterov=False),
@@ -29,8 +30,15 @@ def run_loop(model, hyper, data):
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("variant", range(len(VARIANTS)))
 def test_reference_matches_plain_loop(kind, dtype, alpha, adaptive, variant):
-    hyper = dict(lr=0.05, weight_decay=5e-4, rho=0.5 if adaptive else 0.1, alpha=alpha, adaptive=adaptive,
-                 eps=1e-8, **VARIANTS[variant])
+    hyper = dict(
+        lr=0.05,
+        weight_decay=5e-4,
+        rho=0.5 if adaptive else 0.1,
+        alpha=alpha,
+        adaptive=adaptive,
+        eps=1e-8,
+        **VARIANTS[variant],
+    )
     model = MODELS[kind](dtype)
     oracle = twin(model)
     data = batches(kind, 10, dtype)
@@ -57,7 +65,7 @@ def test_rho0_alpha1_is_torch_sgd(variant, weight_decay):
         sgd.zero_grad()
     for p, q in zip(model.parameters(), twin_model.parameters()):
         # bit for bit or one unit in the last place
-        assert torch.allclose(p, q, rtol=2 ** -23, atol=0), (p - q).abs().max()
+        assert torch.allclose(p, q, rtol=2**-23, atol=0), (p - q).abs().max()
 
 
 @pytest.mark.parametrize("closure_api", [False, True])
@@ -70,7 +78,7 @@ def test_sam_matches_davda54_loop(closure_api):
     sgd = torch.optim.SGD(oracle.parameters(), **hyper)
     for batch in data:
         loss_fn(oracle, batch).backward()
-        davda54_sam_step(list(oracle.parameters()), sgd, 0.1, lambda: loss_fn(oracle, batch).backward())
+        davda54_sam_step(list(oracle.parameters()), sgd, 0.1, lambda batch=batch: loss_fn(oracle, batch).backward())
         sgd.zero_grad()
     assert max_rel_err(model, oracle) <= 1e-6
 
@@ -82,9 +90,16 @@ def test_two_groups_with_their_own_hyperparameters():
 
     def groups(m):
         layers = list(m.children())
-        return [dict(params=list(layers[0].parameters()), lr=0.1, alpha=0.3, rho=0.2),
-                dict(params=list(layers[2].parameters()) + list(layers[4].parameters()), lr=0.02, alpha=0.8,
-                     rho=0.05, adaptive=True)]
+        return [
+            dict(params=list(layers[0].parameters()), lr=0.1, alpha=0.3, rho=0.2),
+            dict(
+                params=list(layers[2].parameters()) + list(layers[4].parameters()),
+                lr=0.02,
+                alpha=0.8,
+                rho=0.05,
+                adaptive=True,
+            ),
+        ]
 
     run_saner(model, SANER(groups(model), lr=1.0, backend="reference"), data)
     defaults = dict(momentum=0.9, dampening=0.0, nesterov=False, weight_decay=5e-4, adaptive=False, eps=1e-8)

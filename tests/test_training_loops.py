@@ -1,11 +1,12 @@
 """Training loops users combine the optimizer with: gradient accumulation and torch.compile'd models."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from toy_models import MODELS, batches, loss_fn, max_rel_err, twin
 
 from saner_kernels import SAM, SANER
-from toy_models import MODELS, batches, loss_fn, max_rel_err, twin
 
 HYPER = dict(lr=0.05, momentum=0.9, weight_decay=5e-4, rho=0.1)
 # Inductor fuses the forward/backward differently from eager: last-bit differences, grown over 4 steps.

@@ -1,4 +1,5 @@
 """Small models and fixed batches shared by the optimizer tests."""
+
 from __future__ import annotations
 
 import copy
@@ -15,9 +16,15 @@ def mlp(dtype=torch.float32, seed: int = 0) -> nn.Module:
 def conv_net(dtype=torch.float32, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 6, 3, stride=2), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, stride=2),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
     ).to(dtype)
 
 
@@ -27,8 +34,10 @@ MODELS = {"mlp": mlp, "conv": conv_net}
 def batches(kind: str, n_steps: int, dtype=torch.float32, seed: int = 1):
     gen = torch.Generator().manual_seed(seed)
     shape = (16, 10) if kind == "mlp" else (8, 3, 9, 9)
-    return [(torch.randn(shape, generator=gen).to(dtype), torch.randint(0, 4, (shape[0],), generator=gen))
-            for _ in range(n_steps)]
+    return [
+        (torch.randn(shape, generator=gen).to(dtype), torch.randint(0, 4, (shape[0],), generator=gen))
+        for _ in range(n_steps)
+    ]
 
 
 def loss_fn(model: nn.Module, batch) -> torch.Tensor:
@@ -53,7 +62,7 @@ def run_saner(model, opt, data, closure_api: bool = False):
     for batch in data:
         if closure_api:
             loss_fn(model, batch).backward()
-            opt.step(lambda: loss_fn(model, batch).backward())
+            opt.step(lambda batch=batch: loss_fn(model, batch).backward())
             opt.zero_grad()
         else:
             loss_fn(model, batch).backward()

@@ -2,6 +2,7 @@
 
 Every backend's ``update_`` takes one ``UpdateHyper``; the C++ schemas take the same fields flat.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +23,12 @@ class UpdateHyper:
     @classmethod
     def from_group(cls, group: dict) -> "UpdateHyper":
         """The hyperparameters of one optimizer param group (plain Python numbers)."""
-        return cls(lr=float(group["lr"]), momentum=float(group["momentum"]), dampening=float(group["dampening"]),
-                   weight_decay=float(group["weight_decay"]), alpha=float(group["alpha"]), eps=float(group["eps"]),
-                   nesterov=bool(group["nesterov"]))
+        return cls(
+            lr=float(group["lr"]),
+            momentum=float(group["momentum"]),
+            dampening=float(group["dampening"]),
+            weight_decay=float(group["weight_decay"]),
+            alpha=float(group["alpha"]),
+            eps=float(group["eps"]),
+            nesterov=bool(group["nesterov"]),
+        )

@@ -48,6 +48,7 @@ Group B mask, division-free (equal to the division on finite inputs, docs/design
 under IEEE division; A = same sign and ``|g| >= |den|`` (``g/den >= 1``); C = the rest (``g/den <= 0``,
 plus the degenerate ``den == 0``).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -92,8 +93,9 @@ def _keep(skip: Tensor) -> Tensor:
     return skip == 0
 
 
-def perturb_(w: Tensor, g: Tensor, scale: Tensor, skip: Tensor, *, e: Optional[Tensor] = None,
-             g_sgd: Optional[Tensor] = None) -> None:
+def perturb_(
+    w: Tensor, g: Tensor, scale: Tensor, skip: Tensor, *, e: Optional[Tensor] = None, g_sgd: Optional[Tensor] = None
+) -> None:
     keep = _keep(skip)
     g32 = _f32(g)
     w32 = _f32(w)
@@ -164,7 +166,8 @@ def update_(
         g_sgd.zero_()
 
 
-def restore_(w: Tensor, scale: Tensor, skip: Tensor, *, g_sgd: Optional[Tensor] = None,
-             e: Optional[Tensor] = None) -> None:
+def restore_(
+    w: Tensor, scale: Tensor, skip: Tensor, *, g_sgd: Optional[Tensor] = None, e: Optional[Tensor] = None
+) -> None:
     w32 = _f32(w)
     w.copy_(torch.where(_keep(skip), w32 - _perturbation(scale, g_sgd, e), w32))
