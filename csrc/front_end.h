@@ -72,6 +72,52 @@ inline int64_t valid_count(std::optional<int64_t> n_valid, int64_t n) {
   return *n_valid;
 }
 
+// ------------------------------------------------------------------ each op's arguments, checked before any write
+inline void check_norm_args(const at::Tensor& g, const std::optional<at::Tensor>& w) {
+  check_dtype(g);
+  check_flat(g, g, "g");
+  check_flat(w, g, "w");
+}
+
+inline void check_perturb_args(const at::Tensor& w, const at::Tensor& g, const at::Tensor& scale,
+                               const at::Tensor& skip, const std::optional<at::Tensor>& e,
+                               const std::optional<at::Tensor>& g_sgd) {
+  check_dtype(w);
+  check_flat(w, w, "w");
+  check_flat(g, w, "g");
+  check_flat(e, w, "e");
+  check_flat(g_sgd, w, "g_sgd");
+  check_scale(scale, w);
+  check_skip(skip, w);
+}
+
+inline void check_update_args(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sgd,
+                              const std::optional<at::Tensor>& buf, const at::Tensor& scale, const at::Tensor& skip,
+                              const std::optional<at::Tensor>& e, const std::optional<at::Tensor>& stats,
+                              const std::optional<at::Tensor>& inv_scale) {
+  check_dtype(w);
+  check_flat(w, w, "w");
+  check_flat(g, w, "g");
+  check_flat(g_sgd, w, "g_sgd");
+  check_flat(buf, w, "buf");
+  check_flat(e, w, "e");
+  check_scale(scale, w);
+  check_skip(skip, w);
+  check_stats(stats, w);
+  check_inv_scale(inv_scale, w);
+}
+
+inline void check_restore_args(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& skip,
+                               const std::optional<at::Tensor>& g_sgd, const std::optional<at::Tensor>& e) {
+  check_dtype(w);
+  check_flat(w, w, "w");
+  check_flat(g_sgd, w, "g_sgd");
+  check_flat(e, w, "e");
+  TORCH_CHECK(g_sgd.has_value() || e.has_value(), "saner_kernels: restore_ needs g_sgd (or e when adaptive)");
+  check_scale(scale, w);
+  check_skip(skip, w);
+}
+
 // Calls f(T{}) with the storage type T of dtype st.
 template <typename F>
 void dispatch_dtype(at::ScalarType st, F&& f) {

@@ -44,9 +44,7 @@ void zero_range(T* p, int64_t begin, int64_t end) {
 }
 
 at::Tensor grad_sq_norm_cpu(const at::Tensor& g, const std::optional<at::Tensor>& w) {
-  check_dtype(g);
-  check_flat(g, g, "g");
-  check_flat(w, g, "w");
+  check_norm_args(g, w);
   const int64_t n = g.numel();
   const int64_t n_chunks = (n + kNormChunk - 1) / kNormChunk;
   std::vector<double> partial(static_cast<size_t>(n_chunks), 0.0);
@@ -66,13 +64,7 @@ at::Tensor grad_sq_norm_cpu(const at::Tensor& g, const std::optional<at::Tensor>
 
 void perturb_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& scale, const at::Tensor& skip,
                  const std::optional<at::Tensor>& e, const std::optional<at::Tensor>& g_sgd) {
-  check_dtype(w);
-  check_flat(w, w, "w");
-  check_flat(g, w, "g");
-  check_flat(e, w, "e");
-  check_flat(g_sgd, w, "g_sgd");
-  check_scale(scale, w);
-  check_skip(skip, w);
+  check_perturb_args(w, g, scale, skip, e, g_sgd);
   const int64_t n = w.numel();
   if (n == 0 || read_skip(skip)) return;
   const double s = read_scale(scale);
@@ -93,16 +85,7 @@ void update_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sg
                 const std::optional<at::Tensor>& e, bool first_momentum_step, bool zero_grads,
                 const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
                 const std::optional<at::Tensor>& inv_scale) {
-  check_dtype(w);
-  check_flat(w, w, "w");
-  check_flat(g, w, "g");
-  check_flat(g_sgd, w, "g_sgd");
-  check_flat(buf, w, "buf");
-  check_flat(e, w, "e");
-  check_scale(scale, w);
-  check_skip(skip, w);
-  check_stats(stats, w);
-  check_inv_scale(inv_scale, w);
+  check_update_args(w, g, g_sgd, buf, scale, skip, e, stats, inv_scale);
   const int64_t n = w.numel();
   const int64_t valid = valid_count(n_valid, n);
   if (n == 0) return;
@@ -172,13 +155,7 @@ void update_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sg
 
 void restore_cpu(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& skip,
                  const std::optional<at::Tensor>& g_sgd, const std::optional<at::Tensor>& e) {
-  check_dtype(w);
-  check_flat(w, w, "w");
-  check_flat(g_sgd, w, "g_sgd");
-  check_flat(e, w, "e");
-  TORCH_CHECK(g_sgd.has_value() || e.has_value(), "saner_kernels: restore_ needs g_sgd (or e when adaptive)");
-  check_scale(scale, w);
-  check_skip(skip, w);
+  check_restore_args(w, scale, skip, g_sgd, e);
   const int64_t n = w.numel();
   const double s = read_scale(scale);
   if (n == 0 || read_skip(skip) || s == 0.0) return;  // scale 0: nothing was perturbed, e is +0

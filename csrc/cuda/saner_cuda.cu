@@ -40,9 +40,7 @@ int64_t grid_for(int64_t n_items) {
 }
 
 at::Tensor grad_sq_norm_cuda(const at::Tensor& g, const std::optional<at::Tensor>& w) {
-  check_dtype(g);
-  check_flat(g, g, "g");
-  check_flat(w, g, "w");
+  check_norm_args(g, w);
   const bool is_double = g.scalar_type() == at::kDouble;
   const int64_t n = g.numel();
   if (n == 0) return at::zeros({}, g.options().dtype(is_double ? at::kDouble : at::kFloat));
@@ -79,13 +77,7 @@ at::Tensor grad_sq_norm_cuda(const at::Tensor& g, const std::optional<at::Tensor
 
 void perturb_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& scale, const at::Tensor& skip,
                   const std::optional<at::Tensor>& e, const std::optional<at::Tensor>& g_sgd) {
-  check_dtype(w);
-  check_flat(w, w, "w");
-  check_flat(g, w, "g");
-  check_flat(e, w, "e");
-  check_flat(g_sgd, w, "g_sgd");
-  check_scale(scale, w);
-  check_skip(skip, w);
+  check_perturb_args(w, g, scale, skip, e, g_sgd);
   const int64_t n = w.numel();
   if (n == 0) return;
   c10::cuda::CUDAGuard guard(w.device());
@@ -130,16 +122,7 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
                  const std::optional<at::Tensor>& e, bool first_momentum_step, bool zero_grads,
                  const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
                  const std::optional<at::Tensor>& inv_scale) {
-  check_dtype(w);
-  check_flat(w, w, "w");
-  check_flat(g, w, "g");
-  check_flat(g_sgd, w, "g_sgd");
-  check_flat(buf, w, "buf");
-  check_flat(e, w, "e");
-  check_scale(scale, w);
-  check_skip(skip, w);
-  check_stats(stats, w);
-  check_inv_scale(inv_scale, w);
+  check_update_args(w, g, g_sgd, buf, scale, skip, e, stats, inv_scale);
   const int64_t n = w.numel();
   const int64_t valid = valid_count(n_valid, n);
   if (n == 0) return;
@@ -187,13 +170,7 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
 
 void restore_cuda(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& skip,
                   const std::optional<at::Tensor>& g_sgd, const std::optional<at::Tensor>& e) {
-  check_dtype(w);
-  check_flat(w, w, "w");
-  check_flat(g_sgd, w, "g_sgd");
-  check_flat(e, w, "e");
-  TORCH_CHECK(g_sgd.has_value() || e.has_value(), "saner_kernels: restore_ needs g_sgd (or e when adaptive)");
-  check_scale(scale, w);
-  check_skip(skip, w);
+  check_restore_args(w, scale, skip, g_sgd, e);
   const int64_t n = w.numel();
   if (n == 0) return;
   c10::cuda::CUDAGuard guard(w.device());
