@@ -11,8 +11,8 @@
 # In <repo>/.venv-torch-X.Y.Z (reused when it already has that torch and this script's dependency list)
 # torch==X.Y.Z is installed the ordinary way: PyPI has no CPU-only Linux x86_64 wheel, so this is the CUDA
 # build with its pinned nvidia-* and triton wheels (pip takes those that lie on local disk from there; the
-# rest, ~1.2 GB besides torch's ~0.5 GB, comes from PyPI; `import torch` does not work without them even
-# with no GPU). Then the extension is built from a clean copy of the sources in a temporary directory,
+# rest, 1.2 GB (2.11) to 2.0 GB (2.15) besides torch's 0.5 GB, comes from PyPI; `import torch` does not
+# work without them even with no GPU). Then the extension is built from a clean copy of the sources in a temporary directory,
 # as `make test` builds it in the checkout: `pip install --no-build-isolation --no-deps -e .` (the CPU op
 # only unless SANER_KERNELS_CUDA=1), in place, because tests/test_native_ops.py inspects the in-tree build
 # (build/native/libsaner_kernels_avx2.a, saner_kernels/_C*.so); SANER_COMPAT_INSTALL=wheel installs a
