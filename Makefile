@@ -11,7 +11,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 EXT_STAMP := $(VENV)/.extension-built
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h' 2>/dev/null)
 
-.PHONY: test demo bench install lint clean
+.PHONY: test demo bench install lint compat clean
 
 $(DEPS_STAMP): Makefile
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -40,6 +40,14 @@ lint: $(DEPS_STAMP)
 demo: install
 	$(PY) -m saner_kernels.train --compare sgd,sam,saner --dataset digits --noise sym --noise-rate 0.4 \
 		--model smallcnn --epochs 60 --k 15 --seed 0 --out runs/demo
+
+# Before resolving: the C++ build (and the CUDA op where nvcc is) plus both test processes against the
+# oldest supported torch (2.11) and the newest on the index (which also brings the newest Triton for the
+# ahead-of-time PTX checks). Each in its own venv, .venv-torch-X.Y.Z (.ci/torch_compat.sh).
+COMPAT_CUDA ?= $(if $(wildcard $(or $(CUDA_HOME),/usr/local/cuda)/bin/nvcc),1,0)
+compat:
+	SANER_KERNELS_CUDA=$(COMPAT_CUDA) bash .ci/torch_compat.sh 2.11
+	bash .ci/torch_compat.sh newest
 
 bench: install
 	$(PY) -m benchmarks.run --device cpu --out bench-results
