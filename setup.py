@@ -137,7 +137,7 @@ setup(
     description="Fused SANER and SAM optimizers for PyTorch (Triton, C++ CPU and CUDA kernels)",
     packages=find_packages(include=["saner_kernels", "saner_kernels.*"]),
     python_requires=">=3.9",
-    install_requires=["torch>=2.11"],  # tested: 2.11, 2.13, 2.14.1 (CUDA build), 2.15 in .ci/run,
+    install_requires=["torch>=2.11"],  # tested in .ci/run: 2.11, 2.13, 2.14.1 (CUDA build), 2.15
     extras_require={
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark"],
