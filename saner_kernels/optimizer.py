@@ -398,6 +398,8 @@ class SANER(torch.optim.Optimizer):
             self._nonfinite.expect_skips()
         if step.skip is not None:
             self._nonfinite.add(step.skip)
+        # Scaled gradients are unscaled inside the update by GradScaler's own 1/scale (computed as it does).
+        inv_grad_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
         counts: dict[torch.device, Tensor] = {}  # Group A, B, C counters, one per device
         for gi, bi, group, bucket, backend in self._all_buckets():
             bucket.gather_grads()
@@ -405,9 +407,7 @@ class SANER(torch.optim.Optimizer):
             if self.track_groups:
                 stats = counts.setdefault(bucket.device, torch.zeros(3, dtype=torch.int64, device=bucket.device))
             scale = step.scales[gi, bi]
-            inv_scale = None
-            if grad_scale is not None:  # scaled gradients: unscaled inside the update, as GradScaler's 1/scale
-                inv_scale = grad_scale.double().reciprocal().float().to(bucket.device)
+            inv_scale = inv_grad_scale.to(bucket.device) if inv_grad_scale is not None else None
             if found_inf is not None:  # after scaler.unscale_(opt) g_SGD is unscaled: recompute e = g_SGD * s
                 scale = scale / self._scaler_bridge.applied_factor(bucket.device).to(scale.dtype)
             self._update_bucket(group, bucket, backend, scale, step.skip_on(bucket.device), stats, zero_grad, inv_scale)
