@@ -94,7 +94,8 @@ else
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV"
   # The local constraint file caps torch at what lies on this machine's disk; the version is pinned here.
-  PIP_CONSTRAINT=/dev/null pip_ install -q -U --progress-bar off "torch==$VERSION" "${DEPS[@]}"
+  # No pip cache: the wheels (2 GB for 2.15) would stay on disk beside the venv.
+  PIP_CONSTRAINT=/dev/null pip_ install -q -U --no-cache-dir --progress-bar off "torch==$VERSION" "${DEPS[@]}"
   # A CPU build of torch (2.13.0+cpu from local disk) brings no triton: the Makefile's pin then.
   "$VENV/bin/python" -c "import triton" 2>/dev/null || pip_ install -q --progress-bar off "triton==$TRITON_FALLBACK"
   echo "$WANT_STAMP" >"$STAMP"
