@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from saner_kernels.ops import reference
-from saner_kernels.ops.hyper import UpdateHyper
+from saner_kernels.ops.hyper import AverageHyper, UpdateHyper, gsam_coefficient
 
 # Multiples of 128 (flat buckets) and odd lengths that exercise every vector tail.
 LENGTHS = (128, 1003, 65573, 300032)
@@ -28,6 +28,29 @@ SWITCHES = [
     for a, n, f, al, t, sw in itertools.product(
         (False, True), (False, True), (False, True), (0.5, 1.0), (False, True), (False, True)
     )
+]
+
+# The SAM-family switches (docs/design.md, "Kernel contract"): a gradient average (``avg``: Friendly-SAM's
+# or VaSSO's, or "first", the step that creates one) and GSAM's decomposition, on top of adaptive and alpha.
+AVERAGES = {
+    "first": AverageHyper.first(),
+    "fsam": AverageHyper.fsam(sigma=1.0, lmbda=0.9),
+    "vasso": AverageHyper.vasso(theta=0.2),
+}
+VARIANT_SWITCHES = [
+    dict(
+        adaptive=a,
+        nesterov=False,
+        first_momentum_step=False,
+        alpha=al,
+        track_groups=True,
+        swap=a != (al == 1.0),
+        avg=avg,
+        gsam_alpha=ga,
+    )
+    for avg, ga in itertools.product((None, "first", "fsam", "vasso"), (None, 0.4))
+    if (avg, ga) != (None, None)
+    for a, al in itertools.product((False, True), (0.5, 1.0))
 ]
 
 # Per-step tolerances, one table for every backend and the optimizer-level tests: fp32 at rtol 1e-6;
@@ -112,7 +135,8 @@ def make_bucket_tensors(
     g_sam[groups[5]] *= 1e3
     g_sam[groups[6]] = g[groups[6]] * 0.5  # clean Group B
     g_sam[groups[7]] = g[groups[7]] * 2.0  # clean Group A
-    tensors = dict(w=w, g=g, g_sam=g_sam, g_sgd=torch.randn(n, generator=gen), buf=buf)
+    avg = g * 0.5 + torch.randn(n, generator=gen) * 1e-2  # a gradient average: correlated with g
+    tensors = dict(w=w, g=g, g_sam=g_sam, g_sgd=torch.randn(n, generator=gen), buf=buf, avg=avg)
     if pad:
         for t in tensors.values():
             t[n - pad :] = 0.0
@@ -123,11 +147,19 @@ def clone_all(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.clone() for k, v in tensors.items()}
 
 
-def scale_for(tensors: dict[str, Tensor], rho: float = 0.1, adaptive: bool = False) -> Tensor:
-    """The device scale s = rho / (||g|| + 1e-12) exactly as the optimizer computes it."""
-    total = reference.grad_sq_norm(tensors["g"], tensors["w"] if adaptive else None)
+def scale_for(
+    tensors: dict[str, Tensor], rho: float = 0.1, adaptive: bool = False, avg: Optional[str] = None
+) -> Tensor:
+    """The device scale s = rho / (||d|| + 1e-12) exactly as the optimizer computes it (d: g, or the
+    direction of the average ``avg`` names)."""
+    total = reference.grad_sq_norm(tensors["g"], tensors["w"] if adaptive else None, **_average(tensors, avg))
     dtype = torch.float64 if tensors["w"].dtype == torch.float64 else torch.float32
     return (rho / (total.to(dtype).sqrt() + 1e-12)).to(dtype)
+
+
+def _average(tensors: dict[str, Tensor], avg: Optional[str]) -> dict:
+    """The ops' ``avg``/``avg_hyper`` keywords for the average ``avg`` names (none for None)."""
+    return {} if avg is None else dict(avg=tensors["avg"], avg_hyper=AVERAGES[avg])
 
 
 def no_skip(device) -> Tensor:
@@ -154,6 +186,8 @@ def run_step(
     eps: float = EPS,
     n_valid: Optional[int] = None,
     inv_scale: Optional[Tensor] = None,
+    avg: Optional[str] = None,
+    gsam_alpha: Optional[float] = None,
 ) -> dict[str, Tensor]:
     """perturb_ then update_ with ``ops`` on a copy of ``tensors``; returns the final tensors (+ stats, e).
 
@@ -171,13 +205,20 @@ def run_step(
     if update_skip is None:
         update_skip = skip
     e = torch.zeros_like(t["w"]) if adaptive else None
+    average = _average(t, avg)
     if swap:
-        ops.perturb_(t["w"], t["g"], scale, skip, e=e)
+        ops.perturb_(t["w"], t["g"], scale, skip, e=e, **average)
         g_sgd = t["g"]
     else:
-        ops.perturb_(t["w"], t["g"], scale, skip, e=e, g_sgd=t["g_sgd"])
+        ops.perturb_(t["w"], t["g"], scale, skip, e=e, g_sgd=t["g_sgd"], **average)
         g_sgd = t["g_sgd"]
     t["w_perturbed"] = t["w"].clone()
+    gsam_k = None
+    if gsam_alpha is not None:
+        # as the optimizer makes it: n1 at w, the dot product and n2 at w + e (adaptive), from the stored values
+        n1 = reference.grad_sq_norm(tensors["g"], tensors["w"] if adaptive else None).sqrt()
+        dot_norm = reference.gsam_dot_norm(g_sgd, t["g_sam"], t["w"] if adaptive else None)
+        gsam_k = gsam_coefficient(dot_norm, n1).to(device=device, dtype=scale.dtype)
     stats = torch.zeros(3, dtype=torch.int64, device=device) if track_groups else None
     hyper = UpdateHyper(
         lr=lr,
@@ -187,6 +228,7 @@ def run_step(
         alpha=alpha,
         eps=eps,
         nesterov=nesterov,
+        gsam_alpha=gsam_alpha or 0.0,
     )
     buf = t["buf"] if momentum != 0 else None
     ops.update_(
@@ -203,6 +245,8 @@ def run_step(
         stats=stats,
         n_valid=n_valid,
         inv_scale=inv_scale,
+        **average,
+        **({} if gsam_k is None else dict(gsam_k=gsam_k)),
     )
     if stats is not None:
         t["stats"] = stats

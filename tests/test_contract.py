@@ -13,10 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 from contract_cases import (
+    AVERAGES,
     DTYPES,
     EPS,
     LENGTHS,
     SWITCHES,
+    VARIANT_SWITCHES,
     assert_same_step,
     assert_step_skipped,
     clone_all,
@@ -339,3 +341,100 @@ def test_arguments_are_checked(backend):
             call()
     for name in before:
         assert torch.equal(t[name], before[name]), f"{name} changed by a rejected call"
+
+
+# --------------------------------------------------------------------------- the SAM family (contract v3)
+def _variant_id(sw: dict) -> str:
+    return f"{sw['avg'] or 'noavg'}-{'gsam' if sw['gsam_alpha'] else 'nogsam'}-" + _id(
+        {k: v for k, v in sw.items() if k not in ("avg", "gsam_alpha")}
+    )
+
+
+@pytest.mark.parametrize("switches", VARIANT_SWITCHES, ids=_variant_id)
+@pytest.mark.parametrize("n", SMALL)
+def test_step_sam_family(backend, n, dtype, switches):
+    """Friendly-SAM / VaSSO averages (direction, norm, commit) and GSAM's decomposition, every backend."""
+    got = backend.check(n, dtype, switches, seed=17, pad=n // 8)
+    if switches["avg"]:
+        assert not torch.equal(got["avg"], backend.tensors(n, dtype, seed=17, pad=n // 8)["avg"]), "avg not committed"
+
+
+@pytest.mark.parametrize("avg", sorted(AVERAGES))
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("n", LENGTHS)
+def test_grad_sq_norm_of_the_average_direction(backend, n, dtype, avg, adaptive):
+    t = backend.tensors(n, dtype, seed=n + 1)
+    w = t["w"] if adaptive else None
+    kw = dict(avg=t["avg"], avg_hyper=AVERAGES[avg])
+    got = backend.ops.grad_sq_norm(t["g"], w, **kw)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(
+        got.double().cpu(), reference.grad_sq_norm(t["g"], w, **kw).double().cpu(), rtol=rtol, atol=0.0
+    )
+    assert torch.equal(got, backend.ops.grad_sq_norm(t["g"], w, **kw)), "two runs differ"
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("n", LENGTHS)
+def test_gsam_dot_norm(backend, n, dtype, adaptive):
+    t = backend.tensors(n, dtype, seed=n + 2)
+    w = t["w"] if adaptive else None
+    got = backend.ops.gsam_dot_norm(t["g"], t["g_sam"], w)
+    assert got.shape == (2,) and got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    exp = reference.gsam_dot_norm(t["g"], t["g_sam"], w)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    # the dot product sums terms of both signs: its error is relative to the sum of their magnitudes
+    atol = rtol * float((t["g"].double() * t["g_sam"].double()).abs().sum())
+    torch.testing.assert_close(got[0].double().cpu(), exp[0].double().cpu(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(got[1].double().cpu(), exp[1].double().cpu(), rtol=rtol, atol=0.0)
+    assert torch.equal(got, backend.ops.gsam_dot_norm(t["g"], t["g_sam"], w)), "two runs differ"
+
+
+@pytest.mark.parametrize("avg", sorted(AVERAGES))
+def test_restore_with_an_average_leaves_it_alone(backend, dtype, avg):
+    """perturb_ then restore_ along the average's direction: w + e - e, the average never written."""
+    t = backend.tensors(1003, dtype, seed=81)
+    kw = dict(avg=t["avg"], avg_hyper=AVERAGES[avg])
+    scale = scale_for(t, avg=avg)
+    results = []
+    for ops in (backend.ops, backend.expected(dtype)):
+        x = clone_all(t)
+        kw = dict(avg=x["avg"], avg_hyper=AVERAGES[avg])
+        ops.perturb_(x["w"], x["g"], scale, no_skip(backend.device), **kw)
+        assert torch.equal(x["avg"], t["avg"]), "perturb_ wrote the average"
+        ops.restore_(x["w"], scale, no_skip(backend.device), g_sgd=x["g"], **kw)
+        assert torch.equal(x["avg"], t["avg"]), "restore_ wrote the average"
+        results.append(x["w"].cpu())
+    torch.testing.assert_close(results[0].float(), results[1].float(), **tolerances(dtype))
+
+
+@pytest.mark.dtypes(DTYPES)
+@pytest.mark.parametrize("avg", ["fsam", "vasso"])
+def test_skipped_update_keeps_the_average(backend, dtype, avg):
+    t = backend.tensors(4099, dtype, seed=83)
+    got = run_step(backend.ops, t, update_skip=torch.ones((), device=backend.device), avg=avg, **SWITCHES[-1])
+    assert torch.equal(got["avg"], t["avg"])
+
+
+@pytest.mark.parametrize("track_groups", [False, True])
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+@pytest.mark.parametrize("n", SMALL)
+def test_reweight(backend, n, dtype, alpha, track_groups):
+    """reweight_ (local distributed mode): Group B of g scaled by alpha in place, counts as update_."""
+    t = backend.tensors(n, dtype, seed=87, pad=n // 8)
+    inv = torch.tensor(0.5, device=backend.device)
+    results = []
+    for ops in (backend.ops, backend.expected(dtype)):
+        x = clone_all(t)
+        stats = torch.zeros(3, dtype=torch.int64, device=backend.device) if track_groups else None
+        ops.reweight_(x["g_sam"], x["g"], no_skip(backend.device), alpha, EPS, stats=stats, n_valid=n - n // 8)
+        ops.reweight_(x["g_sam"], x["g"], no_skip(backend.device), alpha, EPS, inv_scale=inv)
+        results.append((x, stats))
+    (got, got_stats), (exp, exp_stats) = results
+    assert torch.equal(got["g"], t["g"]), "g_sgd was written"
+    torch.testing.assert_close(got["g_sam"].float().cpu(), exp["g_sam"].float().cpu(), **tolerances(dtype))
+    if track_groups:
+        assert torch.equal(got_stats.cpu(), exp_stats.cpu())
+    x = clone_all(t)
+    backend.ops.reweight_(x["g_sam"], x["g"], torch.ones((), device=backend.device), alpha, EPS)
+    assert torch.equal(x["g_sam"], t["g_sam"]), "a skipped reweight_ wrote"

@@ -1,16 +1,20 @@
-"""The update's scalar hyperparameters, grouped in one immutable object (docs/design.md, "Contract v2").
+"""The ops' scalar hyperparameters, grouped in immutable objects (docs/design.md, "Kernel contract").
 
-Every backend's ``update_`` takes one ``UpdateHyper``; the C++ schemas take the same fields flat.
+Every backend's ``update_`` takes one ``UpdateHyper``, and the ops of the averaging variants one
+``AverageHyper``; the C++ schemas take the same fields flat.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
 
 @dataclass(frozen=True)
 class UpdateHyper:
-    """lr, SGD momentum / dampening / weight decay / nesterov, SANER's alpha and the ratio's eps."""
+    """lr, SGD momentum / dampening / weight decay / nesterov, SANER's alpha and the ratio's eps, and GSAM's
+    alpha (used only when the update is given GSAM's coefficient ``gsam_k``)."""
 
     lr: float
     momentum: float = 0.0
@@ -19,6 +23,7 @@ class UpdateHyper:
     alpha: float = 1.0
     eps: float = 1e-8
     nesterov: bool = False
+    gsam_alpha: float = 0.0
 
     @classmethod
     def from_group(cls, group: dict) -> "UpdateHyper":
@@ -31,4 +36,47 @@ class UpdateHyper:
             alpha=float(group["alpha"]),
             eps=float(group["eps"]),
             nesterov=bool(group["nesterov"]),
+            gsam_alpha=float(group.get("gsam_alpha", 0.0)) if group.get("variant") == "gsam" else 0.0,
         )
+
+
+@dataclass(frozen=True)
+class AverageHyper:
+    """A gradient average kept across steps (Friendly-SAM's ``m``, VaSSO's ``ema``) and how it is used.
+
+    The perturbation direction is ``d = dir_g * g + dir_avg * avg`` (``g`` the first gradient, ``avg`` the
+    stored average); the step commits ``avg <- keep * avg + take * g``.
+    """
+
+    dir_g: float
+    dir_avg: float
+    keep: float
+    take: float
+
+    @classmethod
+    def first(cls) -> "AverageHyper":
+        """No average yet: the direction is g (plain SAM) and the average becomes g."""
+        return cls(dir_g=1.0, dir_avg=0.0, keep=0.0, take=1.0)
+
+    @classmethod
+    def fsam(cls, sigma: float, lmbda: float) -> "AverageHyper":
+        """Friendly-SAM: d = g - sigma * m, then m <- lmbda * m + (1 - lmbda) * g."""
+        return cls(dir_g=1.0, dir_avg=-float(sigma), keep=float(lmbda), take=1.0 - float(lmbda))
+
+    @classmethod
+    def vasso(cls, theta: float) -> "AverageHyper":
+        """VaSSO: ema <- (1 - theta) * ema + theta * g, and d is that new ema."""
+        return cls(dir_g=float(theta), dir_avg=1.0 - float(theta), keep=1.0 - float(theta), take=float(theta))
+
+
+def gsam_coefficient(dot_norm: Tensor, n1: Tensor) -> Tensor:
+    """GSAM's ``k = cos * n1 / (n2 + 1e-12)`` with ``cos = dot / (n2 * n1 + 1e-12)``, on the device.
+
+    ``dot_norm`` is the sum over every bucket of ``gsam_dot_norm``: ``[sum(g1 * g2), n2**2]``; ``n1`` the
+    first gradient's norm (the one that set the perturbation). The update then forms
+    ``g2 - gsam_alpha * (g1 - k * g2)``: GSAM's ``g2 - alpha * (g1 - cos * n1 * g2 / (n2 + 1e-12))``.
+    """
+    dot, n2 = dot_norm[0], dot_norm[1].sqrt()
+    n1 = n1.to(n2.dtype)
+    cos = dot / (n2 * n1 + 1e-12)
+    return cos * n1 / (n2 + 1e-12)
