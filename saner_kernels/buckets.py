@@ -1,6 +1,7 @@
 """Flat parameter buckets: one contiguous buffer per (param group, device, dtype).
 
-A bucket owns flat 1-D buffers for the weights, two gradient buffers, the momentum buffer and
+A bucket owns flat 1-D buffers for the weights, two gradient buffers, the per-parameter optimizer state
+that lives in flat buffers (the momentum buffer; Friendly-SAM's and VaSSO's gradient averages), and
 (adaptive SAM only) the perturbation ``e``. Each parameter's ``.data`` and ``.grad`` become views into
 the weight buffer and the current gradient buffer, keeping the parameter's own strides (a
 channels_last conv stays channels_last), so kernels see one long aligned vector while the model sees
@@ -17,7 +18,7 @@ tensors to whichever backend it chose.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -43,7 +44,9 @@ def _dense_strides(t: Tensor) -> tuple[int, ...]:
 class FlatBucket:
     """Parameters of one group on one device with one dtype, packed into flat buffers."""
 
-    def __init__(self, params: Sequence[Tensor], momentum_state: Sequence[Optional[Tensor]]):
+    def __init__(self, params: Sequence[Tensor], state: Mapping[str, Sequence[Optional[Tensor]]]):
+        """``state``: per state key (e.g. ``"momentum_buffer"``), each parameter's current tensor or None.
+        A key with any tensor gets a flat buffer now (zeros where a parameter has none)."""
         if not params:
             raise ValueError("a FlatBucket needs at least one parameter")
         self.params = list(params)
@@ -67,12 +70,12 @@ class FlatBucket:
         self._current = 0  # which of the two gradient buffers the parameters' .grad views point into
         self.spare_is_zero = True  # flat_g_sgd holds only zeros: it can become the gradient buffer as is
         self._carriers: list[Optional[Tensor]] = [None, None]
-        self.flat_momentum: Optional[Tensor] = None
+        self._state: dict[str, tuple[Tensor, list[Tensor]]] = {}  # key -> (flat buffer, per-parameter views)
         self.flat_e: Optional[Tensor] = None
+        self._weight_copy: Optional[Tensor] = None
         self.strides = [_dense_strides(p) for p in params]
         self.param_views = [self._view(self.flat_param, i) for i in range(len(params))]
         self._grad_views = tuple([self._view(buffer, i) for i in range(len(params))] for buffer in self._grad_buffers)
-        self.momentum_views: list[Tensor] = []
 
         with torch.no_grad():
             for p, view in zip(self.params, self.param_views):
@@ -82,11 +85,11 @@ class FlatBucket:
                 if p.grad is not None:
                     view.copy_(p.grad)
                 p.grad = view
-            if any(buf is not None for buf in momentum_state):
-                momentum_views = self.momentum()
-                for view, buf in zip(momentum_views, momentum_state):
-                    if buf is not None:
-                        view.copy_(buf)
+            for key, tensors in state.items():
+                if any(t is not None for t in tensors):
+                    for view, t in zip(self.state_views(key), tensors):
+                        if t is not None:
+                            view.copy_(t)
 
     def _view(self, flat: Tensor, i: int) -> Tensor:
         p = self.params[i]
@@ -126,12 +129,25 @@ class FlatBucket:
         return self._carriers[i]
 
     # ------------------------------------------------------------------ state buffers
-    def momentum(self) -> list[Tensor]:
-        """Per-parameter views of the (lazily allocated, zero-initialised) momentum buffer."""
-        if self.flat_momentum is None:
-            self.flat_momentum = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-            self.momentum_views = [self._view(self.flat_momentum, i) for i in range(len(self.params))]
-        return self.momentum_views
+    def state_views(self, key: str) -> list[Tensor]:
+        """Per-parameter views of the flat buffer for the state ``key`` (allocated zero on first use)."""
+        if key not in self._state:
+            flat = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+            self._state[key] = (flat, [self._view(flat, i) for i in range(len(self.params))])
+        return self._state[key][1]
+
+    def flat_state(self, key: str) -> Optional[Tensor]:
+        """The flat buffer for the state ``key``, or None before its first use."""
+        return self._state[key][0] if key in self._state else None
+
+    def state_keys(self) -> list[str]:
+        return list(self._state)
+
+    def weight_copy(self) -> Tensor:
+        """Flat buffer for an exact copy of the weights (distributed local mode restores from it)."""
+        if self._weight_copy is None:
+            self._weight_copy = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        return self._weight_copy
 
     def perturbation(self) -> Tensor:
         """Flat buffer for the adaptive perturbation ``e`` (w*w*g*s cannot be recomputed from w + e)."""

@@ -16,12 +16,16 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import required
 
-from . import ops
+from . import ops, variants
 from .amp import ScalerBridge, is_g_sgd_group, scaler_inputs
 from .buckets import FlatBucket
-from .ops.hyper import UpdateHyper
+from .distributed import DDP_MODES, ReplicaSync, check_not_sharded, sum_over_ranks_
+from .ops.hyper import UpdateHyper, gsam_coefficient
 
 _NORM_EPS = 1e-12  # s = rho / (N + 1e-12)
+_MOMENTUM = "momentum_buffer"  # torch.optim.SGD's state key
+# Per-parameter state kept in the buckets' flat buffers: momentum and the variants' gradient averages.
+_FLAT_STATE_KEYS = (_MOMENTUM, *variants.AVERAGE_STATE_KEYS.values())
 
 _STEP_API_HELP = (
     "SANER/SAM need two gradients per step. Either\n"
@@ -115,6 +119,7 @@ class _StepState:
     def __init__(self, swapped: bool):
         self.swapped = swapped
         self.scales: dict[tuple[int, int], Tensor] = {}  # (group index, bucket index) -> s on the bucket's device
+        self.norm: Optional[Tensor] = None  # the first gradient's (direction's) norm, for GSAM
         self._skip: Optional[Tensor] = None
         self._skip_by_device: dict[torch.device, Tensor] = {}
 
@@ -135,8 +140,15 @@ class _StepState:
         return self._skip_by_device[device]
 
 
-def _runs(bucket: FlatBucket, flags: list) -> Iterable[tuple[bool, int, int]]:
-    """(flag, start, stop) element ranges of the bucket's consecutive parameters sharing a flag."""
+def _runs(bucket: FlatBucket, flags: list) -> list[tuple[object, int, int]]:
+    """(flag, start, stop) element ranges of the bucket's consecutive parameters sharing a flag; one range
+    over the whole bucket (padding included) when all share it."""
+    if all(f == flags[0] for f in flags):
+        return [(flags[0], 0, bucket.n)]
+    return list(_param_runs(bucket, flags))
+
+
+def _param_runs(bucket: FlatBucket, flags: list) -> Iterable[tuple[object, int, int]]:
     start = 0
     for i in range(1, len(flags) + 1):
         if i == len(flags) or flags[i] != flags[start]:
@@ -145,13 +157,31 @@ def _runs(bucket: FlatBucket, flags: list) -> Iterable[tuple[bool, int, int]]:
             start = i
 
 
+def _part(t: Optional[Tensor], lo: int, hi: int) -> Optional[Tensor]:
+    return t[lo:hi] if t is not None else None
+
+
+def _sum_on_first_device(partials: list[Tensor]) -> Tensor:
+    """The buckets' partial sums added on the first one's device, in fp64 when any of them is fp64."""
+    home = partials[0].device
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in partials) else torch.float32
+    return torch.stack([t.to(device=home, dtype=dtype, non_blocking=True) for t in partials]).sum(0)
+
+
 class SANER(torch.optim.Optimizer):
     """Sharpness-Aware Noise-Explicit Reweighting (arXiv 2411.17132) with an SGD-momentum base.
 
     Two gradients per step: ``first_step()`` after the gradient at ``w`` perturbs the weights to
     ``w + e``; ``second_step()`` after the gradient at ``w + e`` restores ``w``, scales the Group B
     components of the SAM gradient (``0 < g_SAM / g_SGD < 1``) by ``alpha`` and takes an SGD step.
-    ``alpha = 1`` is SAM.
+    ``alpha = 1`` is SAM. ``variant`` picks the member of the SAM family that makes the perturbation
+    (``sam``, ``fsam``: Friendly-SAM, ``vasso``: VaSSO, ``gsam``: GSAM; ``saner_kernels/variants.py``);
+    ``sigma``/``lmbda`` (fsam), ``theta`` (vasso) and ``gsam_alpha`` (gsam) default to the authors' values.
+
+    Under DistributedDataParallel, ``ddp_mode="global"`` (the default) needs nothing: DDP syncs both
+    gradients. ``ddp_mode="local"`` with ``ddp=ddp_model`` perturbs each replica with its own gradient and
+    averages the reweighted gradients across ranks (docs/design.md, "Distributed"); the optimizer then
+    switches DDP's own gradient sync off.
 
     Parameters are packed into flat buckets at the first step: ``p.data`` and ``p.grad`` become
     views into one buffer per (group, device, dtype). ``zero_grad()`` therefore zeroes gradients in
@@ -171,10 +201,25 @@ class SANER(torch.optim.Optimizer):
         adaptive: bool = False,
         eps: float = 1e-8,
         *,
+        variant: str = "sam",
+        sigma: Optional[float] = None,
+        lmbda: Optional[float] = None,
+        theta: Optional[float] = None,
+        gsam_alpha: Optional[float] = None,
         backend: str = "auto",
         track_groups: bool = False,
+        ddp=None,
+        ddp_mode: str = "global",
     ):
         ops.check_backend_name(backend)
+        if ddp_mode not in DDP_MODES:
+            raise ValueError(f"Invalid ddp_mode {ddp_mode!r}: expected 'global' or 'local'")
+        if ddp_mode == "local" and ddp is None:
+            raise ValueError(
+                "ddp_mode='local' needs the DistributedDataParallel model: SANER(ddp_model.parameters(), ..., "
+                "ddp=ddp_model, ddp_mode='local')"
+            )
+        variants.check_arguments(variant, dict(sigma=sigma, lmbda=lmbda, theta=theta, gsam_alpha=gsam_alpha))
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -185,6 +230,11 @@ class SANER(torch.optim.Optimizer):
             alpha=alpha,
             adaptive=adaptive,
             eps=eps,
+            variant=variant,
+            sigma=sigma,
+            lmbda=lmbda,
+            theta=theta,
+            gsam_alpha=gsam_alpha,
         )
         self.backend = backend
         self.track_groups = track_groups
@@ -194,7 +244,12 @@ class SANER(torch.optim.Optimizer):
         self._nonfinite = _NonFiniteWatch()
         self._group_counts: Optional[tuple] = None  # (per-device A/B/C counts, the step's skip flag)
         self._scaler_bridge = ScalerBridge()  # g_SGD seen by a GradScaler between the two steps
+        self.ddp_mode = ddp_mode
+        self._ddp = ddp
+        self._replicas: Optional[ReplicaSync] = None
         super().__init__(params, defaults)
+        if ddp_mode == "local":  # last: a rejected construction leaves the DDP model as it was
+            self._replicas = ReplicaSync(ddp)
 
     # GradScaler.step(opt) hands this optimizer ``grad_scale`` and ``found_inf`` and calls ``step()``, which
     # completes the step begun by first_step(); the unscaling happens inside the fused update.
@@ -203,6 +258,7 @@ class SANER(torch.optim.Optimizer):
     # ------------------------------------------------------------------ torch.optim plumbing
     def add_param_group(self, param_group: dict) -> None:
         group = dict(param_group)
+        explicit = set(group)
         params = group["params"]
         group["params"] = [params] if isinstance(params, Tensor) else list(params)
         for name, default in self.defaults.items():
@@ -210,6 +266,18 @@ class SANER(torch.optim.Optimizer):
                 raise ValueError(f"parameter group didn't specify a value of required optimization parameter {name}")
             group.setdefault(name, default)
         _check_hyperparameters(group)
+        check_not_sharded(group["params"])
+        variants.resolve_group(group, explicit)
+        if self.ddp_mode == "local" and group["variant"] == "gsam":
+            raise ValueError("ddp_mode='local' supports variant 'sam', 'fsam' and 'vasso', not 'gsam'")
+        others = [g["variant"] == "gsam" for g in self.param_groups if not is_g_sgd_group(g)]
+        if others and any(others) != (group["variant"] == "gsam"):
+            raise ValueError(
+                "GSAM decomposes the whole second gradient against the whole first one: variant='gsam' must be "
+                "the variant of every param group or of none"
+            )
+        for name in ("variant", *variants.ALL_HYPERPARAMETERS):
+            param_group[name] = group[name]
         super().add_param_group(param_group)
         self._buckets.append([])
         self._bucket_keys.append(None)
@@ -222,18 +290,19 @@ class SANER(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        # Loaded momentum buffers are fresh tensors: copy them into the buckets and re-point the state.
+        # Loaded state tensors are fresh ones: copy them into the buckets and re-point the state.
         for buckets in self._buckets:
             for bucket, _ in buckets:
-                if all(self._momentum_of(p) is None for p in bucket.params):
-                    continue
-                for p, view in zip(bucket.params, bucket.momentum()):
-                    buf = self._momentum_of(p)
-                    if buf is not None:
-                        view.copy_(buf)
-                        self.state[p]["momentum_buffer"] = view
-                    else:
-                        view.zero_()
+                for key in _FLAT_STATE_KEYS:
+                    loaded = [self._state_of(p, key) for p in bucket.params]
+                    if all(t is None for t in loaded) and bucket.flat_state(key) is None:
+                        continue
+                    for p, view, t in zip(bucket.params, bucket.state_views(key), loaded):
+                        if t is not None:
+                            view.copy_(t)
+                            self.state[p][key] = view
+                        else:
+                            view.zero_()
 
     def state_dict(self) -> dict:
         """torch's layout; the g_SGD group a GradScaler sees during a step is not part of it."""
@@ -300,26 +369,27 @@ class SANER(torch.optim.Optimizer):
             buckets = []
             for (device, dtype), params in by_kind.items():
                 backend = ops.resolve_backend(self.backend, device, dtype)
-                bucket = FlatBucket(params, [self._momentum_of(p) for p in params])
-                if bucket.flat_momentum is not None:
-                    for p, view in zip(params, bucket.momentum_views):
-                        if self._momentum_of(p) is not None:
-                            self.state[p]["momentum_buffer"] = view
+                bucket = FlatBucket(params, {key: [self._state_of(p, key) for p in params] for key in _FLAT_STATE_KEYS})
+                for key in bucket.state_keys():
+                    for p, view in zip(params, bucket.state_views(key)):
+                        if self._state_of(p, key) is not None:
+                            self.state[p][key] = view
                 buckets.append((bucket, backend))
             self._buckets[gi] = buckets
             self._bucket_keys[gi] = key
 
-    def _momentum_of(self, p: Tensor) -> Optional[Tensor]:
+    def _state_of(self, p: Tensor, key: str) -> Optional[Tensor]:
         # self.state is a defaultdict: look without creating empty entries (they would show in state_dict)
-        return self.state[p].get("momentum_buffer") if p in self.state else None
+        return self.state[p].get(key) if p in self.state else None
 
     def _release_group(self, gi: int) -> None:
         for bucket, _ in self._buckets[gi]:
             bucket.release()
             for p in bucket.params:
-                buf = self._momentum_of(p)
-                if buf is not None:
-                    self.state[p]["momentum_buffer"] = buf.clone()
+                for key in _FLAT_STATE_KEYS:
+                    t = self._state_of(p, key)
+                    if t is not None:
+                        self.state[p][key] = t.clone()
         self._buckets[gi] = []
         self._bucket_keys[gi] = None
 
@@ -327,6 +397,23 @@ class SANER(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             for bi, (bucket, backend) in enumerate(self._buckets[gi]):
                 yield gi, bi, group, bucket, backend
+
+    def _started(self, bucket: FlatBucket, key: Optional[str]) -> list[bool]:
+        """Per parameter: has the state ``key`` (True for every parameter when there is no key)."""
+        return [key is None or self._state_of(p, key) is not None for p in bucket.params]
+
+    def _average_runs(self, group: dict, bucket: FlatBucket) -> list[tuple[int, int, dict]]:
+        """(start, stop, the ops' avg/avg_hyper keywords): one range for the bucket, or one per run of
+        parameters with and without an average yet (a parameter's first step with one is plain SAM)."""
+        key = variants.average_key(group)
+        if key is None:
+            return [(0, bucket.n, {})]
+        bucket.state_views(key)  # allocated zero at the first step
+        avg = bucket.flat_state(key)
+        return [
+            (lo, hi, dict(avg=avg[lo:hi], avg_hyper=variants.average_hyper(group, started)))
+            for started, lo, hi in _runs(bucket, self._started(bucket, key))
+        ]
 
     # ------------------------------------------------------------------ the two steps
     @torch.no_grad()
@@ -339,21 +426,26 @@ class SANER(torch.optim.Optimizer):
         """
         if self._step is not None:
             raise RuntimeError("first_step() was called twice without second_step() in between. " + _STEP_API_HELP)
+        if self._replicas is not None:
+            self._replicas.check_unsynced()
         self._check_grads()
         self._nonfinite.poll()
         self._sync_buckets()
         partials = []
         for _, _, group, bucket, backend in self._all_buckets():
             bucket.gather_grads()
-            partials.append(backend.grad_sq_norm(bucket.flat_grad, bucket.flat_param if group["adaptive"] else None))
+            w = bucket.flat_param if group["adaptive"] else None
+            for lo, hi, average in self._average_runs(group, bucket):
+                partials.append(backend.grad_sq_norm(bucket.flat_grad[lo:hi], _part(w, lo, hi), **average))
         step = _StepState(swapped=zero_grad)
         if partials:
-            home = partials[0].device
-            dtype = torch.float64 if any(t.dtype == torch.float64 for t in partials) else torch.float32
-            total = torch.stack([t.to(device=home, dtype=dtype, non_blocking=True) for t in partials]).sum()
-            norm = total.sqrt()
-            finite = torch.isfinite(norm)
-            step.skip = (~finite).float()
+            norm = _sum_on_first_device(partials).sqrt()
+            step.norm = norm
+            skip = (~torch.isfinite(norm)).float()
+            if self._replicas is not None:  # every rank skips when one does
+                self._replicas.agree_skip_(skip)
+            step.skip = skip
+            finite = skip == 0
             for gi, bi, group, bucket, backend in self._all_buckets():
                 scale = torch.where(finite, group["rho"] / (norm + _NORM_EPS), torch.zeros_like(norm))
                 scale = scale.to(
@@ -366,10 +458,21 @@ class SANER(torch.optim.Optimizer):
                 e = bucket.perturbation() if group["adaptive"] else None
                 if zero_grad:
                     bucket.zero_spare()  # a no-op unless the last update left it dirty
-                    backend.perturb_(bucket.flat_param, bucket.flat_grad, scale, skip, e=e)
+                if self._replicas is not None:  # local mode restores w exactly (ranks must stay bit-identical)
+                    bucket.weight_copy().copy_(bucket.flat_param)
+                g_sgd = None if zero_grad else bucket.flat_g_sgd  # else the buffers are swapped below
+                for lo, hi, average in self._average_runs(group, bucket):
+                    backend.perturb_(
+                        bucket.flat_param[lo:hi],
+                        bucket.flat_grad[lo:hi],
+                        scale,
+                        skip,
+                        e=_part(e, lo, hi),
+                        g_sgd=_part(g_sgd, lo, hi),
+                        **average,
+                    )
+                if zero_grad:
                     bucket.swap_grad_buffers()
-                else:
-                    backend.perturb_(bucket.flat_param, bucket.flat_grad, scale, skip, e=e, g_sgd=bucket.flat_g_sgd)
                 bucket.spare_is_zero = False  # flat_g_sgd holds g_SGD now
         self._step = step
         if zero_grad:
@@ -385,6 +488,8 @@ class SANER(torch.optim.Optimizer):
         if step is None:
             raise RuntimeError("second_step() was called before first_step(). " + _STEP_API_HELP)
         self._scaler_bridge.withdraw(self.param_groups)
+        if self._replicas is not None:
+            self._replicas.check_unsynced()
         self._check_grads()
         for _, _, _, bucket, _ in self._all_buckets():
             if not bucket.params_bound():
@@ -393,16 +498,28 @@ class SANER(torch.optim.Optimizer):
                     "(model.to(), p.data = ...); do that outside a SANER step."
                 )
         grad_scale, found_inf = scaler_inputs(self)
+        if found_inf is not None and any(variants.average_key(g) for g in self.param_groups):
+            self._undo_perturbation()
+            raise RuntimeError(
+                "variant='fsam' and 'vasso' keep an average of past gradients, which a GradScaler's scaled "
+                "gradients (their scale changes between steps) would corrupt: use bf16 autocast (no scaler) "
+                "or variant='sam'/'gsam' with fp16. The weights were restored and nothing was stepped."
+            )
         if found_inf is not None:  # GradScaler is stepping us: its overflow check covered both passes
-            step.skip = torch.maximum(step.skip, (found_inf.to(step.skip.device) != 0).float())
+            skip = torch.maximum(step.skip, (found_inf.to(step.skip.device) != 0).float())
+            if self._replicas is not None:  # each rank's scaler saw only its own gradients
+                self._replicas.agree_skip_(skip)
+            step.skip = skip
             self._nonfinite.expect_skips()
         if step.skip is not None:
             self._nonfinite.add(step.skip)
         # Scaled gradients are unscaled inside the update by GradScaler's own 1/scale (computed as it does).
         inv_grad_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
         counts: dict[torch.device, Tensor] = {}  # Group A, B, C counters, one per device
-        for gi, bi, group, bucket, backend in self._all_buckets():
+        for *_, bucket, _ in self._all_buckets():
             bucket.gather_grads()
+        gsam_k = self._gsam_coefficient(step, found_inf is not None)
+        for gi, bi, group, bucket, backend in self._all_buckets():
             stats = None
             if self.track_groups:
                 stats = counts.setdefault(bucket.device, torch.zeros(3, dtype=torch.int64, device=bucket.device))
@@ -410,7 +527,12 @@ class SANER(torch.optim.Optimizer):
             inv_scale = inv_grad_scale.to(bucket.device) if inv_grad_scale is not None else None
             if found_inf is not None:  # after scaler.unscale_(opt) g_SGD is unscaled: recompute e = g_SGD * s
                 scale = scale / self._scaler_bridge.applied_factor(bucket.device).to(scale.dtype)
-            self._update_bucket(group, bucket, backend, scale, step.skip_on(bucket.device), stats, zero_grad, inv_scale)
+            k = gsam_k.to(device=bucket.device, dtype=scale.dtype) if gsam_k is not None else None
+            skip = step.skip_on(bucket.device)
+            if self._replicas is not None:
+                self._local_update_bucket(group, bucket, backend, skip, stats, zero_grad, inv_scale)
+            else:
+                self._update_bucket(group, bucket, backend, scale, skip, stats, zero_grad, inv_scale, k)
             if zero_grad:
                 bucket.spare_is_zero = True  # the update zeroed both gradient buffers
         if self.track_groups:
@@ -420,6 +542,52 @@ class SANER(torch.optim.Optimizer):
         self._nonfinite.poll()
         if zero_grad:
             self._zero_unbucketed_grads()
+
+    def _local_update_bucket(
+        self,
+        group: dict,
+        bucket: FlatBucket,
+        backend,
+        skip: Tensor,
+        stats: Optional[Tensor],
+        zero_grads: bool,
+        inv_scale: Optional[Tensor],
+    ) -> None:
+        """Local mode: restore w exactly, reweight this rank's g_SAM against its own g_SGD, average the
+        reweighted gradients over the ranks (one all-reduce), then the SGD step on every rank alike (the
+        update with alpha 1 and nothing left to restore: scale 0)."""
+        bucket.flat_param.copy_(bucket.weight_copy())
+        backend.reweight_(
+            bucket.flat_grad,
+            bucket.flat_g_sgd,
+            skip,
+            float(group["alpha"]),
+            float(group["eps"]),
+            stats=stats,
+            n_valid=bucket.n_valid,
+            inv_scale=inv_scale,
+        )
+        self._replicas.average_(bucket.flat_grad)
+        dtype = torch.float64 if bucket.dtype == torch.float64 else torch.float32
+        no_restore = torch.zeros((), dtype=dtype, device=bucket.device)
+        stepped = dict(group, alpha=1.0, adaptive=False)
+        self._update_bucket(stepped, bucket, backend, no_restore, skip, None, zero_grads, None, None)
+
+    def _gsam_coefficient(self, step: _StepState, scaler_active: bool) -> Optional[Tensor]:
+        """GSAM's k (``ops/hyper.py``, ``gsam_coefficient``) from one reduction pass over every bucket, at
+        w + e (before the update restores w); None unless the groups run GSAM."""
+        buckets = list(self._all_buckets())
+        if not buckets or buckets[0][2]["variant"] != "gsam":
+            return None
+        partials = [
+            backend.gsam_dot_norm(bucket.flat_g_sgd, bucket.flat_grad, bucket.flat_param if group["adaptive"] else None)
+            for _, _, group, bucket, backend in buckets
+        ]
+        dot_norm = _sum_on_first_device(partials)
+        n1 = step.norm
+        if scaler_active:  # n1 was taken on the scaled g_SGD; both gradients now carry the factor applied since
+            n1 = n1 * self._scaler_bridge.applied_factor(n1.device).to(n1.dtype)
+        return gsam_coefficient(dot_norm, n1)
 
     def _update_bucket(
         self,
@@ -431,55 +599,56 @@ class SANER(torch.optim.Optimizer):
         stats: Optional[Tensor],
         zero_grads: bool,
         inv_scale: Optional[Tensor],
+        gsam_k: Optional[Tensor],
     ) -> None:
         hyper = UpdateHyper.from_group(group)
         has_momentum = hyper.momentum != 0
-        initialized = [self._momentum_of(p) is not None for p in bucket.params] if has_momentum else []
+        momentum_started = self._started(bucket, _MOMENTUM if has_momentum else None)
         buf = None
         if has_momentum:
-            bucket.momentum()  # allocate on first use
-            buf = bucket.flat_momentum
+            bucket.state_views(_MOMENTUM)  # allocated zero on first use
+            buf = bucket.flat_state(_MOMENTUM)
+        avg_key = variants.average_key(group)
+        avg_started = self._started(bucket, avg_key)
+        avg = None
+        if avg_key is not None:
+            bucket.state_views(avg_key)
+            avg = bucket.flat_state(avg_key)
         e = bucket.flat_e if group["adaptive"] else None
         tensors = (bucket.flat_param, bucket.flat_grad, bucket.flat_g_sgd, buf)
-        if not has_momentum or all(initialized) or not any(initialized) or hyper.dampening == 0:
-            # With zero dampening a zero buffer makes "later step" equal "first step" bit for bit.
+        # Parameters whose first momentum step comes with others' later one need their own update only with
+        # dampening (with none, a zero buffer makes "later step" equal "first step" bit for bit): rare (a
+        # layer unfrozen mid-training). So do parameters with and without a gradient average yet. Then one
+        # update per run of parameters in the same state, through the bucket's own backend; a run's update
+        # leaves out the bucket's padding (it is zero and stays zero).
+        momentum_split = has_momentum and hyper.dampening != 0 and any(momentum_started)
+        flags = [(m if momentum_split else None, a) for m, a in zip(momentum_started, avg_started)]
+        runs = _runs(bucket, flags)
+        for (m_started, a_started), lo, hi in runs:
+            first_momentum_step = has_momentum and (not m_started if momentum_split else not any(momentum_started))
             backend.update_(
-                *tensors,
+                *[_part(t, lo, hi) for t in tensors],
                 scale,
                 skip,
                 hyper,
-                e=e,
-                first_momentum_step=has_momentum and not any(initialized),
+                e=_part(e, lo, hi),
+                first_momentum_step=first_momentum_step,
                 zero_grads=zero_grads,
                 stats=stats,
-                n_valid=bucket.n_valid,
+                n_valid=bucket.n_valid if len(runs) == 1 else hi - lo,
                 inv_scale=inv_scale,
+                **({} if gsam_k is None else dict(gsam_k=gsam_k)),
+                **({} if avg is None else dict(avg=avg[lo:hi], avg_hyper=variants.average_hyper(group, a_started))),
             )
-        else:
-            # Some params take their first momentum step and others a later one, with dampening: rare (a
-            # layer unfrozen mid-training). One update per run of parameters in the same state, through the
-            # bucket's own backend; the bucket's padding is left out (it is zero and stays zero).
-            for first, lo, hi in _runs(bucket, [not i for i in initialized]):
-                piece = [t[lo:hi] if t is not None else None for t in tensors]
-                backend.update_(
-                    *piece,
-                    scale,
-                    skip,
-                    hyper,
-                    e=e[lo:hi] if e is not None else None,
-                    first_momentum_step=first,
-                    zero_grads=zero_grads,
-                    stats=stats,
-                    n_valid=hi - lo,
-                    inv_scale=inv_scale,
-                )
-        if has_momentum and not all(initialized):
-            # A skipped first step must leave the state as it was (no momentum buffer): read the skip
-            # flag here. It is the only host sync, and only on a parameter's first momentum step.
+        if not all(momentum_started) or not all(avg_started):
+            # A skipped first step must leave the state as it was (no momentum buffer, no average): read the
+            # skip flag here. It is the only host sync, and only on a parameter's first step with such state.
             if bool(skip):
                 return
-            for p, view in zip(bucket.params, bucket.momentum_views):
-                self.state[p]["momentum_buffer"] = view
+            for key in (_MOMENTUM if has_momentum else None, avg_key):
+                if key is not None:
+                    for p, view in zip(bucket.params, bucket.state_views(key)):
+                        self.state[p][key] = view
 
     def _zero_unbucketed_grads(self) -> None:
         """Zero-size parameters are not bucketed; zero_grad=True zeroes their grads too."""
@@ -518,24 +687,33 @@ class SANER(torch.optim.Optimizer):
         step = self._step
         self._scaler_bridge.withdraw(self.param_groups)
         for gi, bi, group, bucket, backend in self._all_buckets():
-            backend.restore_(
-                bucket.flat_param,
-                step.scales[gi, bi],
-                step.skip_on(bucket.device),
-                g_sgd=bucket.flat_g_sgd,
-                e=bucket.flat_e if group["adaptive"] else None,
-            )
+            if self._replicas is not None:
+                bucket.flat_param.copy_(bucket.weight_copy())
+                continue
+            e = bucket.flat_e if group["adaptive"] else None
+            for lo, hi, average in self._average_runs(group, bucket):
+                backend.restore_(
+                    bucket.flat_param[lo:hi],
+                    step.scales[gi, bi],
+                    step.skip_on(bucket.device),
+                    g_sgd=bucket.flat_g_sgd[lo:hi],
+                    e=_part(e, lo, hi),
+                    **average,
+                )
             if step.swapped:
                 bucket.swap_grad_buffers()  # p.grad holds g_SGD again; the other buffer has the closure's partial grads
                 bucket.spare_is_zero = False
         self._step = None
 
     # ------------------------------------------------------------------ diagnostics
-    def group_fractions(self) -> dict[str, float]:
+    def group_fractions(self, all_ranks: bool = False) -> dict[str, float]:
         """Fractions of Groups A, B, C among all gradient components of the last ``second_step``.
 
         A: ``g_SAM / g_SGD >= 1``; B: ``0 < ratio < 1`` (scaled by alpha); C: ``ratio <= 0``.
         NaN when the last step was skipped. Reads the device (a host sync): call it when you log.
+        ``all_ranks``: over every rank's components (an all-reduce over the DDP model's process group, or
+        the default group; every rank must call it). In global mode the ranks see the same gradients, so
+        the fractions are those of one rank.
         """
         if not self.track_groups:
             raise RuntimeError("group statistics are off: construct the optimizer with track_groups=True")
@@ -545,7 +723,10 @@ class SANER(torch.optim.Optimizer):
         nan = {"A": float("nan"), "B": float("nan"), "C": float("nan")}
         if skip is None or bool(skip):  # no parameters, or the step was skipped
             return nan
-        counts = sum(c.cpu() for c in per_device)
+        counts = sum(c.to(per_device[0].device) for c in per_device)
+        if all_ranks:
+            sum_over_ranks_(counts, self._ddp.process_group if self._ddp is not None else None)
+        counts = counts.cpu()
         total = int(counts.sum())
         return {name: int(c) / total for name, c in zip("ABC", counts)} if total else nan
 
@@ -559,7 +740,10 @@ class SANER(torch.optim.Optimizer):
 
 
 class SAM(SANER):
-    """Sharpness-Aware Minimization with an SGD-momentum base (davda54/sam style): SANER with alpha = 1."""
+    """Sharpness-Aware Minimization with an SGD-momentum base (davda54/sam style): SANER with alpha = 1.
+
+    ``variant`` as for SANER: ``fsam`` is Friendly-SAM, ``vasso`` VaSSO, ``gsam`` GSAM, each as its paper has it.
+    """
 
     def __init__(
         self,
@@ -573,6 +757,11 @@ class SAM(SANER):
         adaptive: bool = False,
         eps: float = 1e-8,
         *,
+        variant: str = "sam",
+        sigma: Optional[float] = None,
+        lmbda: Optional[float] = None,
+        theta: Optional[float] = None,
+        gsam_alpha: Optional[float] = None,
         backend: str = "auto",
         track_groups: bool = False,
     ):
@@ -587,6 +776,11 @@ class SAM(SANER):
             alpha=1.0,
             adaptive=adaptive,
             eps=eps,
+            variant=variant,
+            sigma=sigma,
+            lmbda=lmbda,
+            theta=theta,
+            gsam_alpha=gsam_alpha,
             backend=backend,
             track_groups=track_groups,
         )

@@ -3,6 +3,10 @@
 ``PlainLoopSANER`` is the per-parameter SANER the whole package is checked against (its Group B mask
 uses the division ``r = g / (g_sgd + eps)`` exactly as written); ``davda54_sam_step`` is the classic
 SAM loop: clone the weights, perturb, second backward, restore the clone, ``torch.optim.SGD.step``.
+
+The SAM family (a group's ``variant``: fsam, vasso, gsam) is written the way the SANER authors' classes
+write it (lhchau/saner, ``optimizer/fsaner.py``, ``vassosaner.py``, ``gsaner.py``): the average is
+updated in the first step, GSAM's decomposition happens at ``w + e`` before the weights are restored.
 """
 
 from __future__ import annotations
@@ -19,13 +23,30 @@ class PlainLoopSANER:
     @torch.no_grad()
     def first_step(self):
         sq = 0.0
+        directions = {}
         for group in self.param_groups:
+            variant = group.get("variant", "sam")
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                scaled = (p.abs() if group["adaptive"] else 1.0) * p.grad
+                st = self.state.setdefault(p, {})
+                g = p.grad
+                if variant == "fsam":
+                    if "m" not in st:  # the first step is plain SAM
+                        st["m"], d = g.clone(), g
+                    else:
+                        d = g - group["sigma"] * st["m"]
+                        st["m"] = st["m"] * group["lmbda"] + g * (1 - group["lmbda"])
+                elif variant == "vasso":
+                    st["ema"] = g.clone() if "ema" not in st else (1 - group["theta"]) * st["ema"] + group["theta"] * g
+                    d = st["ema"]
+                else:
+                    d = g
+                directions[p] = d
+                scaled = (p.abs() if group["adaptive"] else 1.0) * d
                 sq = sq + scaled.double().pow(2).sum()  # N accumulated in fp64: no summation-order noise
         norm = torch.as_tensor(sq).sqrt()
+        self.n1 = norm
         for group in self.param_groups:
             s = (group["rho"] / (norm + 1e-12)).to(
                 torch.float64 if group["params"][0].dtype == torch.float64 else torch.float32
@@ -33,15 +54,32 @@ class PlainLoopSANER:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                e = (p * p if group["adaptive"] else 1.0) * p.grad * s
-                st = self.state.setdefault(p, {})
+                e = (p * p if group["adaptive"] else 1.0) * directions[p] * s
+                st = self.state[p]
                 st["e"], st["g_sgd"] = e, p.grad.clone()
                 p.add_(e)
                 p.grad = None
 
     @torch.no_grad()
+    def _gsam_decompose(self):
+        """GSAM at w + e: g2 <- g2 - alpha * (g1 - cos * n1 * g2 / (n2 + 1e-12)), over every parameter."""
+        live = [(g, p) for g in self.param_groups for p in g["params"] if "e" in self.state.get(p, {})]
+        grads = {p: (p.grad if p.grad is not None else torch.zeros_like(p)) for _, p in live}
+        dot = sum((self.state[p]["g_sgd"].double() * grads[p].double()).sum() for _, p in live)
+        n2 = torch.as_tensor(
+            sum(((p.abs() if g["adaptive"] else 1.0) * grads[p]).double().pow(2).sum() for g, p in live)
+        ).sqrt()
+        n1 = self.n1
+        cos = dot / (n2 * n1 + 1e-12)
+        for g, p in live:
+            k = (cos * n1).to(p.dtype)
+            p.grad = grads[p] - g["gsam_alpha"] * (self.state[p]["g_sgd"] - k * grads[p] / (n2 + 1e-12).to(p.dtype))
+
+    @torch.no_grad()
     def second_step(self):
         self.counts = [0, 0, 0]
+        if any(g.get("variant") == "gsam" for g in self.param_groups):
+            self._gsam_decompose()
         for group in self.param_groups:
             for p in group["params"]:
                 st = self.state.get(p)
