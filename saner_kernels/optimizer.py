@@ -687,19 +687,19 @@ class SANER(torch.optim.Optimizer):
         step = self._step
         self._scaler_bridge.withdraw(self.param_groups)
         for gi, bi, group, bucket, backend in self._all_buckets():
-            if self._replicas is not None:
+            if self._replicas is not None:  # local mode kept an exact copy
                 bucket.flat_param.copy_(bucket.weight_copy())
-                continue
-            e = bucket.flat_e if group["adaptive"] else None
-            for lo, hi, average in self._average_runs(group, bucket):
-                backend.restore_(
-                    bucket.flat_param[lo:hi],
-                    step.scales[gi, bi],
-                    step.skip_on(bucket.device),
-                    g_sgd=bucket.flat_g_sgd[lo:hi],
-                    e=_part(e, lo, hi),
-                    **average,
-                )
+            else:
+                e = bucket.flat_e if group["adaptive"] else None
+                for lo, hi, average in self._average_runs(group, bucket):
+                    backend.restore_(
+                        bucket.flat_param[lo:hi],
+                        step.scales[gi, bi],
+                        step.skip_on(bucket.device),
+                        g_sgd=bucket.flat_g_sgd[lo:hi],
+                        e=_part(e, lo, hi),
+                        **average,
+                    )
             if step.swapped:
                 bucket.swap_grad_buffers()  # p.grad holds g_SGD again; the other buffer has the closure's partial grads
                 bucket.spare_is_zero = False
