@@ -19,7 +19,13 @@ Floor traffic in bytes per fp32 element (what the step must read and write at le
   ``first_step(zero_grad=True)``, so g is never copied into g_sgd.
 - SGD, 24: step reads w, g, buf and writes w, buf (20); ``zero_grad`` writes g (4).
 
-So 48 / 24 = 2.0 is the floor of "x fused SGD" for a bandwidth-bound step. The published loops are given
+So 48 / 24 = 2.0 is the floor of "x fused SGD" for a bandwidth-bound step. The SAM family (issue 11; the
+best backend only):
+
+- Friendly-SAM and VaSSO, 64: the norm also reads the average (8), the perturbation reads it (16), the
+  update reads and writes it (40).
+- GSAM, 56: one more reduction pass reading g_sgd and g (8).
+ The published loops are given
 SANER's floor: their GB/s column is the rate at which they do SANER's necessary work.
 """
 
@@ -38,6 +44,7 @@ from . import peers
 HP = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)  # the paper's CIFAR settings
 RHO, ALPHA = 0.1, 0.5
 SANER_BYTES, SGD_BYTES = 48, 24
+VARIANT_BYTES = {"fsam": 64, "vasso": 64, "gsam": 56}
 
 Phase = Callable[[], None]
 
@@ -120,11 +127,11 @@ def best_backend(device: torch.device) -> Optional[str]:
     return next((b for b in order if b in ok), None)
 
 
-def saner_factory(backend: str, alpha: float) -> Callable[[list], object]:
+def saner_factory(backend: str, alpha: float, variant: str = "sam") -> Callable[[list], object]:
     def build(params):
         if alpha == 1.0:
-            return saner_kernels.SAM(params, rho=RHO, backend=backend, **HP)
-        return saner_kernels.SANER(params, rho=RHO, alpha=alpha, backend=backend, **HP)
+            return saner_kernels.SAM(params, rho=RHO, backend=backend, variant=variant, **HP)
+        return saner_kernels.SANER(params, rho=RHO, alpha=alpha, backend=backend, variant=variant, **HP)
 
     return build
 
@@ -149,6 +156,10 @@ def row_specs(device: torch.device) -> list[Spec]:
             specs.append(Spec(label, backend, SANER_BYTES, SANER_TIMED, build, saner_phases, headline=headline))
         for backend, reason in not_ok.items():
             specs.append(Spec(label, backend, SANER_BYTES, skip=reason))
+    if best is not None:
+        for variant, floor in VARIANT_BYTES.items():
+            build = saner_factory(best, ALPHA, variant)
+            specs.append(Spec(f"SANER a={ALPHA} {variant}", best, floor, SANER_TIMED, build, saner_phases))
     if device.type == "cuda" and best is not None:
         for label, alpha in kinds:
             build = saner_factory(best, alpha)

@@ -68,7 +68,10 @@ def test_floors_and_one_headline_row():
     runnable = [s for s in specs if not s.skip]
     assert rows.SANER_BYTES / rows.SGD_BYTES == 2.0
     for s in runnable:
-        assert s.bytes_per_elem == (rows.SGD_BYTES if s.optimizer.startswith("SGD") else rows.SANER_BYTES)
+        variant = next((v for v in rows.VARIANT_BYTES if s.optimizer.endswith(f" {v}")), None)
+        expected = rows.SGD_BYTES if s.optimizer.startswith("SGD") else rows.SANER_BYTES
+        assert s.bytes_per_elem == (rows.VARIANT_BYTES[variant] if variant else expected), s.label
+    assert {s.optimizer for s in runnable} >= {f"SANER a={rows.ALPHA} {v}" for v in ("fsam", "vasso", "gsam")}
     headline = [s for s in runnable if s.headline]
     assert len(headline) == 1 and headline[0].backend == rows.best_backend(CPU)
     assert headline[0].optimizer == f"SANER a={rows.ALPHA}"
