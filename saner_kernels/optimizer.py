@@ -284,9 +284,12 @@ class SANER(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:  # e.g. a torch.optim.SGD checkpoint has no rho/alpha/...
+        for group in self.param_groups:  # e.g. a torch.optim.SGD checkpoint has no rho/alpha/variant...
+            if is_g_sgd_group(group):
+                continue
             for name, default in self.defaults.items():
                 group.setdefault(name, default)
+            variants.resolve_group(group, explicit=set())
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)

@@ -296,3 +296,18 @@ def test_per_group_variants_and_inherited_defaults():
     assert (g0["variant"], g0["sigma"], g0["lmbda"], g0["theta"]) == ("fsam", 0.5, 0.9, None)
     assert (g1["variant"], g1["sigma"], g1["theta"]) == ("vasso", None, 0.2)
     assert opt.state_dict()["param_groups"][1]["theta"] == 0.2
+
+
+def test_a_checkpoint_from_before_the_family_takes_the_constructors_variant():
+    """An SGD (or pre-family SANER) checkpoint has no variant keys: the group gets the constructor's variant
+    with its hyperparameters filled in, and trains."""
+    model = MODELS["mlp"]()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn(model, batches("mlp", 1)[0]).backward()
+    sgd.step()
+    opt = SANER(model.parameters(), lr=0.1, variant="fsam", sigma=0.5)
+    opt.load_state_dict(sgd.state_dict())
+    group = opt.param_groups[0]
+    assert (group["variant"], group["sigma"], group["lmbda"], group["theta"]) == ("fsam", 0.5, 0.9, None)
+    run_steps(model, opt, batches("mlp", 2))
+    assert all("fsam_average" in opt.state[p] for p in model.parameters())
