@@ -49,17 +49,26 @@ MAIN_UPDATE = dict(
     TRACK_GROUPS=False,
     ZERO_GRADS=True,
     HAS_INV_SCALE=False,
+    HAS_AVG=False,
+    HAS_GSAM=False,
 )
 MAIN_UPDATE_UNSCALED = dict(MAIN_UPDATE, HAS_INV_SCALE=True)
 MAIN_UPDATES = tuple(
     dict(MAIN_UPDATE, ZERO_GRADS=zero, HAS_INV_SCALE=unscale) for unscale in (False, True) for zero in (True, False)
 )
-MAIN_PERTURB = dict(ADAPTIVE=False, COPY_G=False)  # first_step(zero_grad=True): 2 loads, 1 store
+MAIN_PERTURB = dict(ADAPTIVE=False, COPY_G=False, HAS_AVG=False)  # first_step(zero_grad=True): 2 loads, 1 store
+# Contract v3 (the SAM family). A gradient average (HAS_AVG) adds one vector load and, in the update, one vector
+# store of avg: fp32 norm 8 bytes/elem (12 adaptive), perturb 16, main update 40 (32 + avg). GSAM (HAS_GSAM)
+# adds one scalar load (gsam_k) and, where the update did not read g_sgd (adaptive without groups), that load.
+# gsam_dot_norm: 8 bytes/elem (12 adaptive); reweight_ with the mask: 12 (g, g_sgd; g).
+SAM_FAMILY = (dict(HAS_AVG=True, HAS_GSAM=False), dict(HAS_AVG=False, HAS_GSAM=True), dict(HAS_AVG=True, HAS_GSAM=True))
+MAIN_REWEIGHT = dict(USE_MASK=True, TRACK_GROUPS=False, HAS_INV_SCALE=False)
 
 
 # --------------------------------------------------------------------------- variants
 def _update_switches(inv_scale: bool):
-    """Every distinct constexpr combination of the update kernel (nesterov/first step need momentum)."""
+    """Every distinct constexpr combination of the update kernel without the SAM-family switches (nesterov/first
+    step need momentum)."""
     momentum_modes = [(False, False, False)] + [
         (True, nesterov, first) for nesterov, first in itertools.product((False, True), repeat=2)
     ]
@@ -75,7 +84,26 @@ def _update_switches(inv_scale: bool):
             TRACK_GROUPS=track,
             ZERO_GRADS=zero,
             HAS_INV_SCALE=inv_scale,
+            HAS_AVG=False,
+            HAS_GSAM=False,
         )
+
+
+def _sam_family_update_switches():
+    """The average and GSAM on top of the switches they interact with (which gradients are loaded, unscaled,
+    masked; momentum); nesterov and the first momentum step are orthogonal to them."""
+    for base in itertools.chain(_update_switches(False), _update_switches(True)):
+        if base["NESTEROV"] or base["FIRST_MOMENTUM_STEP"]:
+            continue
+        for family in SAM_FAMILY:
+            yield dict(base, **family)
+
+
+def _reweight_switches():
+    """Every launched combination (alpha 1 with nothing to unscale or count launches nothing)."""
+    for use_mask, track, unscale in itertools.product((False, True), repeat=3):
+        if use_mask or track or unscale:
+            yield dict(USE_MASK=use_mask, TRACK_GROUPS=track, HAS_INV_SCALE=unscale)
 
 
 def variants(arch: int):
@@ -85,13 +113,27 @@ def variants(arch: int):
     combination in fp32, and the 16-bit dtypes on the norm, the perturbation, the restore and the main updates
     only (the switches do not change what the 16-bit conversions lower to, and the compile time adds up).
     With it: every combination in fp32 on sm_90, the main updates in every dtype on both.
+    The SAM family (contract v3): the average in the norm, perturbation and restore, the dot-norm and reweight
+    kernels in every dtype on both; the average and GSAM in the update: the main updates in every dtype on both,
+    and (``_sam_family_update_switches``) in fp32 on sm_90.
     """
     for dtype in STORAGE:
-        for adaptive in (False, True):
-            yield "norm", dtype, dict(ADAPTIVE=adaptive), N_LONG
-            yield "restore", dtype, dict(ADAPTIVE=adaptive), N_LONG
+        for adaptive, avg in itertools.product((False, True), repeat=2):
+            yield "norm", dtype, dict(ADAPTIVE=adaptive, HAS_AVG=avg), N_LONG
+            if not (adaptive and avg):  # a stored e needs no direction: never launched
+                yield "restore", dtype, dict(ADAPTIVE=adaptive, HAS_AVG=avg), N_LONG
             for copy_g in (False, True):
-                yield "perturb", dtype, dict(ADAPTIVE=adaptive, COPY_G=copy_g), N_LONG
+                yield "perturb", dtype, dict(ADAPTIVE=adaptive, COPY_G=copy_g, HAS_AVG=avg), N_LONG
+        for adaptive in (False, True):
+            yield "dot_norm", dtype, dict(ADAPTIVE=adaptive), N_LONG
+        for switches in _reweight_switches():
+            yield "reweight", dtype, switches, N_LONG
+        for main, family in itertools.product(MAIN_UPDATES, SAM_FAMILY):
+            yield "update", dtype, dict(main, **family), N_LONG
+        if arch == 90 and dtype == "fp32":
+            for switches in _sam_family_update_switches():
+                if dict(switches, HAS_AVG=False, HAS_GSAM=False) not in MAIN_UPDATES:
+                    yield "update", dtype, switches, N_LONG
         for switches in _update_switches(inv_scale=False):
             if arch == 90 or dtype == "fp32" or switches in MAIN_UPDATES:
                 yield "update", dtype, switches, N_LONG
@@ -103,25 +145,42 @@ def variants(arch: int):
         yield "update", "fp32", main, N_SHORT
         yield "update", "fp32", main, N_HUGE
     yield "perturb", "fp32", MAIN_PERTURB, N_HUGE
-    yield "norm", "fp32", dict(ADAPTIVE=False), N_HUGE
+    yield "norm", "fp32", dict(ADAPTIVE=False, HAS_AVG=False), N_HUGE
+    sam_main = dict(MAIN_UPDATE_UNSCALED, HAS_AVG=True, HAS_GSAM=True)
+    yield "update", "fp32", sam_main, N_SHORT
+    yield "update", "fp32", sam_main, N_HUGE
+    yield "perturb", "fp32", dict(MAIN_PERTURB, HAS_AVG=True), N_HUGE
+    yield "dot_norm", "fp32", dict(ADAPTIVE=False), N_HUGE
+    yield "reweight", "fp32", MAIN_REWEIGHT, N_SHORT
+    yield "reweight", "fp32", dict(USE_MASK=True, TRACK_GROUPS=True, HAS_INV_SCALE=True), N_HUGE
 
 
 def expected_accesses(kernel: str, c: dict) -> tuple[int, int, int, int, int]:
     """(vector tensors loaded, vector tensors stored, scalar loads, scalar stores, atomics) per variant."""
     if kernel == "norm":
-        return 1 + c["ADAPTIVE"], 0, 0, 1, 0  # g (w); one partial sum
+        return 1 + c["ADAPTIVE"] + c["HAS_AVG"], 0, 0, 1, 0  # g (w) (avg); one partial sum
     if kernel == "norm_sum":
         return 1, 0, 0, 1, 0  # the partials (per loop iteration); the result
+    if kernel == "dot_norm":
+        return 2 + c["ADAPTIVE"], 0, 0, 2, 0  # g_sgd, g (w); two partial sums
     if kernel == "perturb":
-        return 2, 1 + c["ADAPTIVE"] + c["COPY_G"], 2, 0, 0  # w, g; w (e) (g_sgd); scale and skip
+        # w, g (avg); w (e) (g_sgd); scale and skip
+        return 2 + c["HAS_AVG"], 1 + c["ADAPTIVE"] + c["COPY_G"], 2, 0, 0
     if kernel == "restore":
-        return 2, 1, 2, 0, 0  # w, e or g_sgd; w; skip and scale (scale 0: nothing to restore)
-    # g, w, (g_sgd: for e, or for the groups) (e) (buf); adaptive SAM without groups never reads g_sgd. w is
-    # also loaded and stored on a skipped step (the restore), under its own bound: the same accesses.
-    needs_g_sgd = not c["ADAPTIVE"] or c["USE_MASK"] or c["TRACK_GROUPS"]
-    loads = 2 + needs_g_sgd + c["ADAPTIVE"] + (c["HAS_MOMENTUM"] and not c["FIRST_MOMENTUM_STEP"])
-    stores = 1 + c["HAS_MOMENTUM"] + 2 * c["ZERO_GRADS"]  # w (buf) (zero g, zero g_sgd)
-    scalar_loads = 2 + c["HAS_INV_SCALE"]  # skip, scale (the recomputed e; e is +0 when it is 0) (inv_scale)
+        return 2 + c["HAS_AVG"], 1, 2, 0, 0  # w, e or g_sgd (avg); w; skip and scale (scale 0: nothing to restore)
+    if kernel == "reweight":
+        # g (g_sgd for the mask or the counts); g when reweighted or unscaled; skip (inv_scale); A/B/C counts
+        loads = 1 + (c["USE_MASK"] or c["TRACK_GROUPS"])
+        stores = int(c["USE_MASK"] or c["HAS_INV_SCALE"])
+        return loads, stores, 1 + c["HAS_INV_SCALE"], 0, 3 * c["TRACK_GROUPS"]
+    # g, w, (g_sgd: for e, the groups, the average's commit, GSAM) (e) (buf) (avg); adaptive SAM without groups
+    # never reads g_sgd. w is also loaded and stored on a skipped step (the restore), under its own bound: the
+    # same accesses.
+    needs_g_sgd = not c["ADAPTIVE"] or c["USE_MASK"] or c["TRACK_GROUPS"] or c["HAS_AVG"] or c["HAS_GSAM"]
+    loads = 2 + needs_g_sgd + c["ADAPTIVE"] + (c["HAS_MOMENTUM"] and not c["FIRST_MOMENTUM_STEP"]) + c["HAS_AVG"]
+    stores = 1 + c["HAS_MOMENTUM"] + 2 * c["ZERO_GRADS"] + c["HAS_AVG"]  # w (buf) (zero g, zero g_sgd) (avg)
+    # skip, scale (the recomputed e; e is +0 when it is 0) (inv_scale) (gsam_k)
+    scalar_loads = 2 + c["HAS_INV_SCALE"] + c["HAS_GSAM"]
     return loads, stores, scalar_loads, 0, 3 * c["TRACK_GROUPS"]  # A/B/C counts: integer atomics
 
 
@@ -135,13 +194,15 @@ def _kernels():
         "perturb": (T._perturb_kernel, T._GPU_BLOCK),
         "update": (T._update_kernel, T._GPU_BLOCK),
         "restore": (T._restore_kernel, T._GPU_BLOCK),
+        "dot_norm": (T._gsam_dot_norm_kernel, T._GPU_NORM_BLOCK),
+        "reweight": (T._reweight_kernel, T._GPU_BLOCK),
     }
 
 
 def _pointer_type(kernel: str, arg: str, dtype: str, switches: dict) -> str:
-    """The JIT's pointer type: float32 scalars, int64 stats (``scale`` stands in when there are none, and for a
-    missing ``inv_scale``)."""
-    if arg in ("scale_ptr", "skip_ptr", "inv_scale_ptr", "partial_ptr", "out_ptr"):
+    """The JIT's pointer type: float32 scalars, int64 stats (``scale`` or ``skip`` stands in when there are none,
+    and for a missing ``inv_scale`` or ``gsam_k``)."""
+    if arg in ("scale_ptr", "skip_ptr", "inv_scale_ptr", "gsam_k_ptr", "partial_ptr", "out_ptr"):
         return "*fp32"
     if arg == "stats_ptr":
         return "*i64" if switches["TRACK_GROUPS"] else "*fp32"
@@ -292,7 +353,11 @@ def test_main_variants_ptx(records):
         for r in records
         if (r["kernel"] == "update" and r["switches"] in MAIN_UPDATES)
         or (r["kernel"] == "perturb" and r["switches"] == MAIN_PERTURB)
-        or (r["kernel"] in ("norm", "norm_sum", "restore") and not r["switches"].get("ADAPTIVE"))
+        or (
+            r["kernel"] in ("norm", "norm_sum", "restore")
+            and not r["switches"].get("ADAPTIVE")
+            and not r["switches"].get("HAS_AVG")
+        )
     ]
     main_fp32 = [
         r
@@ -314,6 +379,46 @@ def test_main_variants_ptx(records):
             f"{r['ld_vec'] // per_tensor} vector loads / {r['st_vec'] // per_tensor} vector stores per element "
             f"vector ({r['ld_vec']} ld.global.v4 / {r['st_vec']} st.global.v4 per thread), {r['fma']} fma"
         )
+
+
+def test_sam_family_main_variants_ptx(records):
+    """Contract v3's main fp32 variants, in (vector loads, vector stores) per element vector: the update with an
+    average (VaSSO, Friendly-SAM) 5 and 5 (40 bytes/elem), with GSAM only 4 and 4 plus the scalar gsam_k; the
+    perturbation with an average 3 and 1 (16 bytes/elem); the norm with an average 2 (8); gsam_dot_norm 2 (8);
+    reweight_ 2 and 1 (12). Prints the counts and registers."""
+    want = {
+        ("update", True, False): (5, 5),
+        ("update", False, True): (4, 4),
+        ("update", True, True): (5, 5),
+        ("perturb", True, False): (3, 1),
+        ("norm", True, False): (2, 0),
+        ("dot_norm", False, False): (2, 0),
+        ("reweight", False, False): (2, 1),
+    }
+    seen = set()
+    for r in records:
+        c = r["switches"]
+        if r["dtype"] != "fp32" or c.get("ADAPTIVE"):
+            continue
+        base = dict(c, HAS_AVG=False, HAS_GSAM=False)
+        if r["kernel"] == "update" and base not in (MAIN_UPDATE, MAIN_UPDATE_UNSCALED):
+            continue
+        if (r["kernel"] == "perturb" and c != dict(MAIN_PERTURB, HAS_AVG=True)) or (
+            r["kernel"] == "reweight" and c != MAIN_REWEIGHT
+        ):
+            continue
+        key = (r["kernel"], bool(c.get("HAS_AVG")), bool(c.get("HAS_GSAM")))
+        if key not in want:
+            continue
+        seen.add(key)
+        per_tensor = _vectors_per_thread(r)
+        loads, stores = want[key]
+        assert (r["ld_vec"], r["st_vec"]) == (loads * per_tensor, stores * per_tensor), _describe(r)
+        print(
+            f"{_describe(r)} BLOCK={r['block']} warps={r['num_warps']}: {r['REG']} registers, "
+            f"{loads} vector loads / {stores} vector stores per element vector, {r['fma']} fma"
+        )
+    assert seen == set(want)
 
 
 def test_explicit_fma_only(records):

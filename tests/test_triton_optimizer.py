@@ -18,8 +18,12 @@ pytestmark = pytest.mark.interpreter
         dict(lr=0.05, alpha=0.5, track_groups=True),
         dict(lr=0.05, alpha=0.5, adaptive=True, rho=0.5, nesterov=True),
         dict(lr=0.05, alpha=1.0, momentum=0.0),
+        # contract v3: the gradient averages (direction, norm, commit) and GSAM's decomposition
+        dict(lr=0.05, alpha=0.5, variant="fsam", track_groups=True),
+        dict(lr=0.05, alpha=0.5, variant="vasso", adaptive=True, rho=0.5),
+        dict(lr=0.05, alpha=0.5, variant="gsam"),
     ],
-    ids=["saner", "adaptive-nesterov", "sam-no-momentum"],
+    ids=["saner", "adaptive-nesterov", "sam-no-momentum", "fsam", "vasso-adaptive", "gsam"],
 )
 @pytest.mark.parametrize("zero_grad", [True, False], ids=["swap", "copy"])
 def test_optimizer_matches_reference_backend(hyper, zero_grad):

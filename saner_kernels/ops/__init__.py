@@ -1,10 +1,10 @@
 """Backend registry and choice: one kernel contract (see ``reference.py``), several implementations.
 
 A backend is a module (or object) exposing ``DTYPES`` (the storage dtypes it takes),
-``is_available(device) -> (ok, reason)`` and the four contract ops ``grad_sq_norm``, ``perturb_``,
-``update_`` and ``restore_``; optionally ``build_problem() -> str``, non-empty when it is built but
-stale or broken. Backend modules are imported lazily so that a missing Triton or an unbuilt extension
-never breaks ``import saner_kernels``.
+``is_available(device) -> (ok, reason)`` and the six contract ops ``grad_sq_norm``, ``perturb_``,
+``update_``, ``restore_``, ``gsam_dot_norm`` and ``reweight_``; optionally ``build_problem() -> str``,
+non-empty when it is built but stale or broken. Backend modules are imported lazily so that a missing
+Triton or an unbuilt extension never breaks ``import saner_kernels``.
 
 The native ops (``native.py``) are one implementation for CPU and CUDA tensors; users name them by the
 device they want: ``"cpp"`` (CPU tensors) and ``"cuda"`` (CUDA tensors). The object ``resolve_backend``
@@ -28,7 +28,7 @@ _BACKEND_MODULES = {
     "cuda": (".native", "cuda"),
 }
 BACKEND_NAMES = tuple(_BACKEND_MODULES)
-_CONTRACT = ("DTYPES", "grad_sq_norm", "perturb_", "update_", "restore_")
+_CONTRACT = ("DTYPES", "grad_sq_norm", "perturb_", "update_", "restore_", "gsam_dot_norm", "reweight_")
 
 
 class Availability:

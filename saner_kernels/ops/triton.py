@@ -1,22 +1,27 @@
-"""Triton backend: the kernel-contract ops (v2, see ``reference.py``) as one-pass fused kernels.
+"""Triton backend: the kernel-contract ops (v3, see ``reference.py``) as one-pass fused kernels.
 
-``perturb_``, ``update_`` and ``restore_`` are one launch each over the flat bucket; ``grad_sq_norm`` is
-a per-block pass plus, for more than one block, a one-program second pass over the block sums (fixed
-order, see ``_sum_partials_kernel``). Math is fp32 whatever the storage dtype (fp32, bf16, fp16);
-offsets are int64. The 0-dim ``scale``, ``skip`` and ``inv_scale`` tensors are read inside the kernels, so a
-step never syncs with the host. These scalar conditions (uniform per launch) fold into the load/store bounds
-(``_bound``) where they can: a nonzero ``skip`` means ``perturb_`` and ``restore_`` read and write nothing;
-``update_`` then writes only ``w`` (the restore ``w - e``; the step's result is dropped by one select), no
-momentum and no group count; the zero stores that ``zero_grads`` asks for still happen. ``scale == 0``
-(nothing was perturbed) makes ``e`` exactly +0: a stored ``e`` is not read, a recomputed one is selected away
-(``g_sgd`` may hold inf), ``restore_`` reads and writes nothing, and neither does a skipped ``update_`` but
-for the zeroing.
+``perturb_``, ``update_``, ``restore_`` and ``reweight_`` are one launch each over the flat bucket;
+``grad_sq_norm`` and ``gsam_dot_norm`` are a per-block pass plus, for more than one block, a one-program
+second pass over the block sums per result (fixed order, see ``_sum_partials_kernel``). Math is fp32 whatever
+the storage dtype (fp32, bf16, fp16); offsets are int64. The 0-dim ``scale``, ``skip``, ``inv_scale`` and
+``gsam_k`` tensors are read inside the kernels, so a step never syncs with the host. These scalar conditions
+(uniform per launch) fold into the load/store bounds (``_bound``) where they can: a nonzero ``skip`` means
+``perturb_``, ``restore_`` and ``reweight_`` read and write nothing; ``update_`` then writes only ``w`` (the
+restore ``w - e``; the step's result is dropped by one select), no momentum, no average and no group count; the
+zero stores that ``zero_grads`` asks for still happen. ``scale == 0`` (nothing was perturbed) makes ``e``
+exactly +0: a stored ``e`` is not read, a recomputed one is selected away (``g_sgd`` may hold inf),
+``restore_`` reads and writes nothing, and neither does a skipped ``update_`` but for the zeroing.
 
-Feature switches are ``tl.constexpr`` (one compiled variant each; ``HAS_INV_SCALE``: the update unscales
-both gradients by GradScaler's ``inv_scale``, one scalar load and two multiplies, nothing without it); lr,
-momentum, dampening, weight decay, alpha and eps are runtime fp32 arguments, so schedules never recompile.
-``weight_decay == 0`` skips the decay term with a runtime branch (no ``0 * w``: an infinite weight stays
-infinite, -0 stays -0).
+Feature switches are ``tl.constexpr`` (one compiled variant each; a variant without a switch compiles to what
+it did before the switch existed): ``HAS_INV_SCALE``, the update unscales both gradients by GradScaler's
+``inv_scale`` (one scalar load and two multiplies); ``HAS_AVG``, a gradient average (Friendly-SAM, VaSSO)
+makes the direction ``d = dir_g * g + dir_avg * avg`` (``_direction``) in the norm, the perturbation and the
+recomputed ``e`` of the update and the restore (one more tensor read), and the update commits
+``avg <- keep * avg + take * g_sgd`` from the unscaled ``g_sgd`` (one more tensor written); ``HAS_GSAM``,
+GSAM's ``g <- g - gsam_alpha * (g_sgd - gsam_k * g)`` after the unscaling, before the Group B mask (one scalar
+load). lr, momentum, dampening, weight decay, alpha, eps and the average's and GSAM's coefficients are runtime
+fp32 arguments, so schedules never recompile. ``weight_decay == 0`` skips the decay term with a runtime branch
+(no ``0 * w``: an infinite weight stays infinite, -0 stays -0).
 
 The kernels are plain ``@triton.jit`` functions. Triton decides when this module is imported whether
 they are compiled (CUDA tensors) or run by its interpreter (CPU tensors, when ``TRITON_INTERPRET=1``
@@ -27,13 +32,14 @@ truncates fp32 -> bf16; the tests expect that (``contract_cases.expected_ops``: 
 bf16 stores).
 
 Floating-point contraction is disabled at launch (``enable_fp_fusion=False``), so products round as
-in eager torch (``e = g_sgd * s`` recomputed in the update is the very product the perturbation
-added); the ``x.add(y, alpha=a)`` steps of ``torch.optim.SGD`` (weight decay, momentum, nesterov, the
+in eager torch (``e = d * s`` recomputed in the update is the very product the perturbation added; the
+direction, GSAM's decomposition and the average's commit are separate products and sums, as in the
+reference); the ``x.add(y, alpha=a)`` steps of ``torch.optim.SGD`` (weight decay, momentum, nesterov, the
 step itself), which torch evaluates as a fused multiply-add, are explicit ``tl.fma``. (The
 interpreter's fma rounds twice: one ulp, within the tests' tolerances.)
 
-Group counts are exact integers: per-block int32 counts, added to the int64 ``stats`` with integer
-atomics (exact in any order, so deterministic).
+Group counts (``update_``, ``reweight_``) are exact integers: per-block int32 counts, added to the int64
+``stats`` with integer atomics (exact in any order, so deterministic).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .hyper import UpdateHyper
+from .hyper import AverageHyper, UpdateHyper
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -60,11 +66,51 @@ def _bound(n, go):
 
 
 @triton.jit
-def _sq_norm_kernel(g_ptr, w_ptr, partial_ptr, n, BLOCK: tl.constexpr, ADAPTIVE: tl.constexpr):
+def _direction(g, avg, dir_g, dir_avg):
+    """The perturbation direction with a gradient average: two products and a sum, in the reference's order
+    (no contraction at launch: no fma)."""
+    return g * dir_g + avg * dir_avg
+
+
+@triton.jit
+def _group_b(g, g_sgd, eps, offs, pid, keep, n_valid, stats_ptr, BLOCK: tl.constexpr, TRACK_GROUPS: tl.constexpr):
+    """Group B (division-free 0 < g / (g_sgd + eps) < 1, exactly reference.group_masks); with TRACK_GROUPS, adds
+    the block's (#A, #B, #C) over the elements below ``n_valid`` to ``stats`` (none when not ``keep``)."""
+    den = g_sgd + eps
+    same_sign = ((g > 0) & (den > 0)) | ((g < 0) & (den < 0))
+    smaller = tl.abs(g) < tl.abs(den)
+    in_b = same_sign & smaller
+    if TRACK_GROUPS:
+        n_counted = tl.where(keep, n_valid, 0)
+        valid = offs < n_counted
+        n_a = tl.sum((same_sign & ~smaller & valid).to(tl.int32))
+        n_b = tl.sum((in_b & valid).to(tl.int32))
+        n_all = tl.minimum(tl.maximum(n_counted - pid.to(tl.int64) * BLOCK, 0), BLOCK)
+        tl.atomic_add(stats_ptr + 0, n_a.to(tl.int64), sem="relaxed")
+        tl.atomic_add(stats_ptr + 1, n_b.to(tl.int64), sem="relaxed")
+        tl.atomic_add(stats_ptr + 2, n_all.to(tl.int64) - n_a - n_b, sem="relaxed")
+    return in_b
+
+
+@triton.jit
+def _sq_norm_kernel(
+    g_ptr,
+    w_ptr,
+    avg_ptr,
+    partial_ptr,
+    n,
+    dir_g,
+    dir_avg,
+    BLOCK: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    HAS_AVG: tl.constexpr,
+):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_AVG:  # masked-off lanes: 0 * dir_g + 0 * dir_avg = +0 (the scalars are finite)
+        x = _direction(x, tl.load(avg_ptr + offs, mask=mask, other=0.0).to(tl.float32), dir_g, dir_avg)
     if ADAPTIVE:
         x = tl.abs(tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)) * x
     tl.store(partial_ptr + pid, tl.sum(x * x))
@@ -97,12 +143,16 @@ def _perturb_kernel(
     g_ptr,
     g_sgd_ptr,
     e_ptr,
+    avg_ptr,
     scale_ptr,
     skip_ptr,
     n,
+    dir_g,
+    dir_avg,
     BLOCK: tl.constexpr,
     ADAPTIVE: tl.constexpr,
     COPY_G: tl.constexpr,
+    HAS_AVG: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < _bound(n, tl.load(skip_ptr) == 0)
@@ -110,6 +160,8 @@ def _perturb_kernel(
     g_raw = tl.load(g_ptr + offs, mask=mask)
     w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
     g = g_raw.to(tl.float32)
+    if HAS_AVG:
+        g = _direction(g, tl.load(avg_ptr + offs, mask=mask).to(tl.float32), dir_g, dir_avg)
     if ADAPTIVE:
         e = w * w * g * s
         tl.store(e_ptr + offs, e.to(e_ptr.dtype.element_ty), mask=mask)
@@ -131,6 +183,8 @@ def _update_kernel(
     skip_ptr,
     stats_ptr,
     inv_scale_ptr,
+    avg_ptr,
+    gsam_k_ptr,
     n,
     n_valid,
     lr,
@@ -139,6 +193,11 @@ def _update_kernel(
     weight_decay,
     alpha,
     eps,
+    dir_g,
+    dir_avg,
+    avg_keep,
+    avg_take,
+    gsam_alpha,
     BLOCK: tl.constexpr,
     ADAPTIVE: tl.constexpr,
     HAS_MOMENTUM: tl.constexpr,
@@ -148,6 +207,8 @@ def _update_kernel(
     TRACK_GROUPS: tl.constexpr,
     ZERO_GRADS: tl.constexpr,
     HAS_INV_SCALE: tl.constexpr,
+    HAS_AVG: tl.constexpr,
+    HAS_GSAM: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -161,8 +222,9 @@ def _update_kernel(
     step = offs < _bound(n, keep)
     touch_w = offs < _bound(n, keep | perturbed)
     g = tl.load(g_ptr + offs, mask=touch_w).to(tl.float32)
-    if not ADAPTIVE or USE_MASK or TRACK_GROUPS:
-        g_sgd = tl.load(g_sgd_ptr + offs, mask=touch_w).to(tl.float32)  # for e (not adaptive); for the groups
+    if not ADAPTIVE or USE_MASK or TRACK_GROUPS or HAS_AVG or HAS_GSAM:
+        # for e (not adaptive); for the groups, the average's commit, GSAM's decomposition
+        g_sgd = tl.load(g_sgd_ptr + offs, mask=touch_w).to(tl.float32)
     if ZERO_GRADS:
         # Right after this thread's loads of the same elements (short address live ranges: no spill); on a
         # skipped step too (the user asked for it).
@@ -170,9 +232,14 @@ def _update_kernel(
         zeros = tl.zeros((BLOCK,), dtype=g_ptr.dtype.element_ty)
         tl.store(g_ptr + offs, zeros, mask=in_bounds)
         tl.store(g_sgd_ptr + offs, zeros, mask=in_bounds)
+    if HAS_AVG:
+        # For e (not adaptive: also on a skipped step, to restore w) and for the commit.
+        avg = tl.load(avg_ptr + offs, mask=touch_w).to(tl.float32)
     if ADAPTIVE:
         # Not read when nothing was perturbed (a stale e): the masked-off lanes are +0.
         e = tl.load(e_ptr + offs, mask=offs < _bound(n, perturbed), other=0.0).to(tl.float32)
+    elif HAS_AVG:
+        e = tl.where(perturbed, _direction(g_sgd, avg, dir_g, dir_avg) * s, 0.0)  # as perturb_ added it
     else:
         e = tl.where(perturbed, g_sgd * s, 0.0)  # the same rounded product perturb_ added; g_sgd may be inf
     w = tl.load(w_ptr + offs, mask=touch_w).to(tl.float32) - e
@@ -180,28 +247,17 @@ def _update_kernel(
         # GradScaler's 1/scale: both gradients unscaled after e was recomputed from the stored (scaled) g_sgd.
         inv_scale = tl.load(inv_scale_ptr)
         g = g * inv_scale
-        if USE_MASK or TRACK_GROUPS:
+        if USE_MASK or TRACK_GROUPS or HAS_AVG or HAS_GSAM:
             g_sgd = g_sgd * inv_scale
+    if HAS_GSAM:
+        # GSAM: g - gsam_alpha * (g_sgd - k * g), the reference's op order (no fma: contraction is off).
+        g = g - (g_sgd - tl.load(gsam_k_ptr) * g) * gsam_alpha
 
     d = g
     if USE_MASK or TRACK_GROUPS:
-        # Division-free 0 < g / (g_sgd + eps) < 1, exactly reference.group_masks.
-        den = g_sgd + eps
-        same_sign = ((g > 0) & (den > 0)) | ((g < 0) & (den < 0))
-        smaller = tl.abs(g) < tl.abs(den)
-        in_b = same_sign & smaller
+        in_b = _group_b(g, g_sgd, eps, offs, pid, keep, n_valid, stats_ptr, BLOCK, TRACK_GROUPS)
         if USE_MASK:
             d = tl.where(in_b, g * alpha, g)
-        if TRACK_GROUPS:
-            # Only elements below n_valid count, and none on a skipped step.
-            n_counted = tl.where(keep, n_valid, 0)
-            valid = offs < n_counted
-            n_a = tl.sum((same_sign & ~smaller & valid).to(tl.int32))
-            n_b = tl.sum((in_b & valid).to(tl.int32))
-            n_all = tl.minimum(tl.maximum(n_counted - pid.to(tl.int64) * BLOCK, 0), BLOCK)
-            tl.atomic_add(stats_ptr + 0, n_a.to(tl.int64), sem="relaxed")
-            tl.atomic_add(stats_ptr + 1, n_b.to(tl.int64), sem="relaxed")
-            tl.atomic_add(stats_ptr + 2, n_all.to(tl.int64) - n_a - n_b, sem="relaxed")
     if weight_decay != 0.0:
         d = tl.fma(w, weight_decay, d)
 
@@ -218,20 +274,92 @@ def _update_kernel(
     # Skipped: the restored w only (the step's d may be inf/NaN then).
     w = tl.where(keep, tl.fma(d, -lr, w), w)
     tl.store(w_ptr + offs, w.to(w_ptr.dtype.element_ty), mask=touch_w)
+    if HAS_AVG:
+        # The commit, from the unscaled g_sgd; not on a skipped step.
+        tl.store(avg_ptr + offs, (avg * avg_keep + g_sgd * avg_take).to(avg_ptr.dtype.element_ty), mask=step)
 
 
 @triton.jit
-def _restore_kernel(w_ptr, g_sgd_ptr, e_ptr, scale_ptr, skip_ptr, n, BLOCK: tl.constexpr, ADAPTIVE: tl.constexpr):
+def _restore_kernel(
+    w_ptr,
+    g_sgd_ptr,
+    e_ptr,
+    avg_ptr,
+    scale_ptr,
+    skip_ptr,
+    n,
+    dir_g,
+    dir_avg,
+    BLOCK: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    HAS_AVG: tl.constexpr,
+):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     s = tl.load(scale_ptr)
     # Skipped, or nothing perturbed (scale 0: e is +0 and w - e is w): nothing is read or written.
     mask = offs < _bound(n, (tl.load(skip_ptr) == 0) & (s != 0))
     if ADAPTIVE:
         e = tl.load(e_ptr + offs, mask=mask).to(tl.float32)
+    elif HAS_AVG:
+        g_sgd = tl.load(g_sgd_ptr + offs, mask=mask).to(tl.float32)
+        e = _direction(g_sgd, tl.load(avg_ptr + offs, mask=mask).to(tl.float32), dir_g, dir_avg) * s
     else:
         e = tl.load(g_sgd_ptr + offs, mask=mask).to(tl.float32) * s  # as update_ restores
     w = tl.load(w_ptr + offs, mask=mask).to(tl.float32) - e
     tl.store(w_ptr + offs, w.to(w_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gsam_dot_norm_kernel(g_sgd_ptr, g_ptr, w_ptr, partial_ptr, n, BLOCK: tl.constexpr, ADAPTIVE: tl.constexpr):
+    """GSAM's two sums, per block: the dot product at ``partial[pid]``, the squares at ``partial[grid + pid]``
+    (one block: ``partial`` is the result itself)."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g_sgd = tl.load(g_sgd_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = g
+    if ADAPTIVE:
+        x = tl.abs(tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)) * g
+    tl.store(partial_ptr + pid, tl.sum(g_sgd * g))
+    tl.store(partial_ptr + tl.num_programs(0) + pid, tl.sum(x * x))
+
+
+@triton.jit(do_not_specialize=["n_valid"])
+def _reweight_kernel(
+    g_ptr,
+    g_sgd_ptr,
+    skip_ptr,
+    stats_ptr,
+    inv_scale_ptr,
+    n,
+    n_valid,
+    alpha,
+    eps,
+    BLOCK: tl.constexpr,
+    USE_MASK: tl.constexpr,
+    TRACK_GROUPS: tl.constexpr,
+    HAS_INV_SCALE: tl.constexpr,
+):
+    """update_'s unscaling and reweighting alone, in place on g; a skipped step reads and writes nothing (and
+    counts nothing). Without the mask, g is written only to unscale it."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    keep = tl.load(skip_ptr) == 0
+    step = offs < _bound(n, keep)
+    g = tl.load(g_ptr + offs, mask=step).to(tl.float32)
+    if HAS_INV_SCALE:
+        inv_scale = tl.load(inv_scale_ptr)
+        g = g * inv_scale
+    if USE_MASK or TRACK_GROUPS:
+        g_sgd = tl.load(g_sgd_ptr + offs, mask=step).to(tl.float32)
+        if HAS_INV_SCALE:
+            g_sgd = g_sgd * inv_scale
+        in_b = _group_b(g, g_sgd, eps, offs, pid, keep, n_valid, stats_ptr, BLOCK, TRACK_GROUPS)
+        if USE_MASK:
+            g = tl.where(in_b, g * alpha, g)
+    if USE_MASK or HAS_INV_SCALE:
+        tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=step)
 
 
 # Decided by triton.jit when this module was imported (TRITON_INTERPRET=1 then: the interpreter).
@@ -305,7 +433,8 @@ def _check_flat(**tensors: Optional[Tensor]) -> Tensor:
 
 
 def _check_flag(name: str, t, device: torch.device) -> None:
-    """``scale``, ``skip`` and ``inv_scale``: one float32 value on the bucket's device, read by the kernels."""
+    """``scale``, ``skip``, ``inv_scale`` and ``gsam_k``: one float32 value on the bucket's device, read by the
+    kernels."""
     if not isinstance(t, Tensor):
         raise TypeError(f"saner_kernels (triton): {name} must be a 0-dim float32 tensor, got {type(t).__name__}")
     if t.numel() != 1 or t.dtype != torch.float32 or t.device != device:
@@ -313,6 +442,23 @@ def _check_flag(name: str, t, device: torch.device) -> None:
             f"saner_kernels (triton): {name} must be a 0-dim float32 tensor on {device}, "
             f"got {t.dtype} of shape {tuple(t.shape)} on {t.device}"
         )
+
+
+def _average_args(avg: Optional[Tensor], avg_hyper: Optional[AverageHyper]) -> tuple[float, float, float, float]:
+    """(dir_g, dir_avg, keep, take) as runtime fp32 kernel arguments (unused zeros without an average)."""
+    if (avg is None) != (avg_hyper is None):
+        raise ValueError("saner_kernels (triton): avg and avg_hyper go together: give both or neither")
+    if avg_hyper is None:
+        return 0.0, 0.0, 0.0, 0.0
+    h = avg_hyper
+    return float(h.dir_g), float(h.dir_avg), float(h.keep), float(h.take)
+
+
+def _check_n_valid(n_valid: Optional[int], n: int) -> int:
+    n_valid = n if n_valid is None else int(n_valid)
+    if not 0 <= n_valid <= n:
+        raise ValueError(f"saner_kernels (triton): n_valid must be in [0, {n}], got {n_valid}")
+    return n_valid
 
 
 def _check_stats(stats, device: torch.device) -> None:
@@ -326,19 +472,27 @@ def _check_stats(stats, device: torch.device) -> None:
 
 
 # --------------------------------------------------------------------------- the contract ops
-def grad_sq_norm(g: Tensor, w: Optional[Tensor] = None) -> Tensor:
-    _check_flat(g=g, w=w)
+def _reduction_grid(n: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK, num_warps, grid) of the norms' first stage. More than one block: the grid is rounded up to a
+    multiple of 16 (the extra programs mask everything off and store 0.0), so that the second stage reads
+    the partials in 128-bit vectors."""
+    block, num_warps, grid = _config(n, device, _GPU_NORM_BLOCK)
+    if grid > 1:
+        grid = triton.cdiv(grid, 16) * 16
+    return block, num_warps, grid
+
+
+def grad_sq_norm(
+    g: Tensor, w: Optional[Tensor] = None, *, avg: Optional[Tensor] = None, avg_hyper: Optional[AverageHyper] = None
+) -> Tensor:
+    dir_g, dir_avg, _, _ = _average_args(avg, avg_hyper)
+    _check_flat(g=g, w=w, avg=avg)
     n = g.numel()
     if n == 0:
         return torch.zeros((), dtype=torch.float32, device=g.device)
     out = torch.empty((), dtype=torch.float32, device=g.device)  # written by the one block or the second stage
-    block, num_warps, grid = _config(n, g.device, _GPU_NORM_BLOCK)
-    if grid > 1:
-        # Per-block partials, summed by the fixed-order second stage. The grid is rounded up to a multiple
-        # of 16 (the extra programs mask everything off and store 0.0): a partial count divisible by 16
-        # lets the second stage read them in 128-bit vectors.
-        grid = triton.cdiv(grid, 16) * 16
-    # One block: its sum is the result.
+    block, num_warps, grid = _reduction_grid(n, g.device)
+    # One block: its sum is the result; more: per-block partials, summed by the fixed-order second stage.
     partials = out if grid == 1 else torch.empty(grid, dtype=torch.float32, device=g.device)
     _launch(
         _sq_norm_kernel,
@@ -347,13 +501,55 @@ def grad_sq_norm(g: Tensor, w: Optional[Tensor] = None) -> Tensor:
         num_warps,
         g,
         g if w is None else w,
+        g if avg is None else avg,
+        partials,
+        n,
+        dir_g,
+        dir_avg,
+        BLOCK=block,
+        ADAPTIVE=w is not None,
+        HAS_AVG=avg is not None,
+    )
+    if grid > 1:
+        _launch(_sum_partials_kernel, g.device, 1, _SUM_WARPS, partials, out, grid, BLOCK=_SUM_BLOCK)
+    return out
+
+
+def gsam_dot_norm(g_sgd: Tensor, g: Tensor, w: Optional[Tensor] = None) -> Tensor:
+    _check_flat(g_sgd=g_sgd, g=g, w=w)
+    n = g.numel()
+    out = torch.zeros(2, dtype=torch.float32, device=g.device)
+    if n == 0:
+        return out
+    block, num_warps, grid = _reduction_grid(n, g.device)
+    # [dot partials | square partials]; one block writes the two sums straight into ``out``.
+    partials = out if grid == 1 else torch.empty(2 * grid, dtype=torch.float32, device=g.device)
+    _launch(
+        _gsam_dot_norm_kernel,
+        g.device,
+        grid,
+        num_warps,
+        g_sgd,
+        g,
+        g if w is None else w,
         partials,
         n,
         BLOCK=block,
         ADAPTIVE=w is not None,
     )
     if grid > 1:
-        _launch(_sum_partials_kernel, g.device, 1, _SUM_WARPS, partials, out, grid, BLOCK=_SUM_BLOCK)
+        # The norm's fixed-order second stage, once per sum (each half starts at a multiple of 16 floats).
+        for i in range(2):
+            _launch(
+                _sum_partials_kernel,
+                g.device,
+                1,
+                _SUM_WARPS,
+                partials[i * grid : (i + 1) * grid],
+                out[i:],
+                grid,
+                BLOCK=_SUM_BLOCK,
+            )
     return out
 
 
@@ -365,8 +561,11 @@ def perturb_(
     *,
     e: Optional[Tensor] = None,
     g_sgd: Optional[Tensor] = None,
+    avg: Optional[Tensor] = None,
+    avg_hyper: Optional[AverageHyper] = None,
 ) -> None:
-    _check_flat(w=w, g=g, e=e, g_sgd=g_sgd)
+    dir_g, dir_avg, _, _ = _average_args(avg, avg_hyper)
+    _check_flat(w=w, g=g, e=e, g_sgd=g_sgd, avg=avg)
     _check_flag("scale", scale, w.device)
     _check_flag("skip", skip, w.device)
     n = w.numel()
@@ -382,12 +581,16 @@ def perturb_(
         g,
         w if g_sgd is None else g_sgd,
         w if e is None else e,
+        w if avg is None else avg,
         scale,
         skip,
         n,
+        dir_g,
+        dir_avg,
         BLOCK=block,
         ADAPTIVE=e is not None,
         COPY_G=g_sgd is not None,
+        HAS_AVG=avg is not None,
     )
 
 
@@ -406,18 +609,22 @@ def update_(
     stats: Optional[Tensor] = None,
     n_valid: Optional[int] = None,
     inv_scale: Optional[Tensor] = None,
+    avg: Optional[Tensor] = None,
+    avg_hyper: Optional[AverageHyper] = None,
+    gsam_k: Optional[Tensor] = None,
 ) -> None:
-    _check_flat(w=w, g=g, g_sgd=g_sgd, buf=buf, e=e)
+    dir_g, dir_avg, avg_keep, avg_take = _average_args(avg, avg_hyper)
+    _check_flat(w=w, g=g, g_sgd=g_sgd, buf=buf, e=e, avg=avg)
     _check_flag("scale", scale, w.device)
     _check_flag("skip", skip, w.device)
     if inv_scale is not None:
         _check_flag("inv_scale", inv_scale, w.device)
+    if gsam_k is not None:
+        _check_flag("gsam_k", gsam_k, w.device)
     if stats is not None:
         _check_stats(stats, w.device)
     n = w.numel()
-    n_valid = n if n_valid is None else int(n_valid)
-    if not 0 <= n_valid <= n:
-        raise ValueError(f"saner_kernels (triton): n_valid must be in [0, {n}], got {n_valid}")
+    n_valid = _check_n_valid(n_valid, n)
     if n == 0:
         return
     has_momentum = buf is not None
@@ -436,6 +643,8 @@ def update_(
         skip,
         scale if stats is None else stats,
         scale if inv_scale is None else inv_scale,
+        w if avg is None else avg,
+        scale if gsam_k is None else gsam_k,
         n,
         n_valid,
         float(hyper.lr),
@@ -444,6 +653,11 @@ def update_(
         float(hyper.weight_decay),
         float(hyper.alpha),
         float(hyper.eps),
+        dir_g,
+        dir_avg,
+        avg_keep,
+        avg_take,
+        float(hyper.gsam_alpha),
         BLOCK=block,
         ADAPTIVE=e is not None,
         HAS_MOMENTUM=has_momentum,
@@ -453,6 +667,8 @@ def update_(
         TRACK_GROUPS=stats is not None,
         ZERO_GRADS=bool(zero_grads),
         HAS_INV_SCALE=inv_scale is not None,
+        HAS_AVG=avg is not None,
+        HAS_GSAM=gsam_k is not None,
     )
 
 
@@ -463,10 +679,13 @@ def restore_(
     *,
     g_sgd: Optional[Tensor] = None,
     e: Optional[Tensor] = None,
+    avg: Optional[Tensor] = None,
+    avg_hyper: Optional[AverageHyper] = None,
 ) -> None:
     if g_sgd is None and e is None:
         raise ValueError("saner_kernels (triton): restore_ needs g_sgd (e = g_sgd * scale) or the stored e")
-    _check_flat(w=w, g_sgd=g_sgd, e=e)
+    dir_g, dir_avg, _, _ = _average_args(avg, avg_hyper)
+    _check_flat(w=w, g_sgd=g_sgd, e=e, avg=avg)
     _check_flag("scale", scale, w.device)
     _check_flag("skip", skip, w.device)
     n = w.numel()
@@ -481,9 +700,57 @@ def restore_(
         w,
         w if g_sgd is None else g_sgd,
         w if e is None else e,
+        w if avg is None else avg,
         scale,
         skip,
         n,
+        dir_g,
+        dir_avg,
         BLOCK=block,
         ADAPTIVE=e is not None,
+        HAS_AVG=avg is not None and e is None,  # a stored e needs no direction
+    )
+
+
+def reweight_(
+    g: Tensor,
+    g_sgd: Tensor,
+    skip: Tensor,
+    alpha: float,
+    eps: float,
+    *,
+    stats: Optional[Tensor] = None,
+    n_valid: Optional[int] = None,
+    inv_scale: Optional[Tensor] = None,
+) -> None:
+    _check_flat(g=g, g_sgd=g_sgd)
+    _check_flag("skip", skip, g.device)
+    if inv_scale is not None:
+        _check_flag("inv_scale", inv_scale, g.device)
+    if stats is not None:
+        _check_stats(stats, g.device)
+    n = g.numel()
+    n_valid = _check_n_valid(n_valid, n)
+    use_mask = float(alpha) != 1.0
+    if n == 0 or not (use_mask or stats is not None or inv_scale is not None):
+        return  # alpha 1, nothing to unscale or count: g is already the result
+    block, num_warps, grid = _config(n, g.device, _GPU_BLOCK)
+    _launch(
+        _reweight_kernel,
+        g.device,
+        grid,
+        num_warps,
+        g,
+        g_sgd,
+        skip,
+        skip if stats is None else stats,
+        skip if inv_scale is None else inv_scale,
+        n,
+        n_valid,
+        float(alpha),
+        float(eps),
+        BLOCK=block,
+        USE_MASK=use_mask,
+        TRACK_GROUPS=stats is not None,
+        HAS_INV_SCALE=inv_scale is not None,
     )
