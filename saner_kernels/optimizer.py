@@ -767,6 +767,8 @@ class SAM(SANER):
         gsam_alpha: Optional[float] = None,
         backend: str = "auto",
         track_groups: bool = False,
+        ddp=None,
+        ddp_mode: str = "global",
     ):
         super().__init__(
             params,
@@ -786,6 +788,8 @@ class SAM(SANER):
             gsam_alpha=gsam_alpha,
             backend=backend,
             track_groups=track_groups,
+            ddp=ddp,
+            ddp_mode=ddp_mode,
         )
 
     def add_param_group(self, param_group: dict) -> None:

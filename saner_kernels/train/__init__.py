@@ -4,7 +4,8 @@ Modules: ``data`` (digits / CIFAR pickles held on the device), ``cifar_n`` (CIFA
 ``folders`` (image-folder layouts: imagefolder, Animal-10N, Mini-WebVision, Tiny-ImageNet), ``streaming``
 (image folders decoded in DataLoader workers), ``device_transforms`` (augmentation on the device), ``noise``
 (synthetic label noise), ``models``, ``engine`` (one run: epochs, metrics, checkpoint/resume), ``report``
-(JSONL, table, plot), ``checkpoint`` (atomic, weights-only files), ``__main__`` (command line, compare mode).
+(JSONL, table, plot), ``checkpoint`` (atomic, weights-only files), ``distributed`` (torchrun: process group,
+data shards, BatchNorm over the global batch), ``__main__`` (command line, compare mode).
 """
 
 from .engine import Config, Run, lr_at

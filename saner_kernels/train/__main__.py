@@ -5,7 +5,8 @@ noise and a small conv net (a few minutes on 2 CPU cores, offline; needs scikit-
 defaults are the SANER paper's (200 epochs, batch 128, lr 0.1 x0.1 at 50%/75%, momentum 0.9, wd 5e-4,
 rho 0.1, alpha 0.5 reached linearly over k = 50 epochs). Real-world noise: CIFAR-N human labels
 (``--noise human``) and the image-folder datasets (``--dataset imagefolder/animal10n/miniwebvision/
-tinyimagenet``, streamed from disk; needs Pillow).
+tinyimagenet``, streamed from disk; needs Pillow). Several processes and nodes: start it with torchrun
+(``torchrun --nproc-per-node N -m saner_kernels.train ... --ddp-mode global|local``; see ``distributed.py``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Optional
 
 import torch
 
+from ..variants import VARIANTS
 from .checkpoint import UnsafeCheckpointError
 from .cifar_n import CIFAR_N_FILES, DEFAULT_KEYS, load_human_labels
 from .data import DATASETS, DataError, DeviceData, load_dataset
-from .engine import AMP_MODES, OPTIMIZERS, Config, Run, resolve_device
+from .distributed import DDP_MODES, Dist, init_distributed, shutdown
+from .engine import AMP_MODES, OPTIMIZERS, Config, Run, resolve_device, run_name
 from .folders import FOLDER_DATASETS, PRESETS, load_folder_dataset
 from .noise import CIFAR100_ASYM_DEFAULT, CIFAR100_ASYM_VARIANTS, NOISE_TYPES, make_noisy_labels
 from .report import format_table, plot_curves, summary_rows
@@ -143,7 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--backend", default="auto", help="SAM/SANER kernel backend: auto, reference, cpp, cuda, triton")
     m.add_argument("--epochs", type=int, default=None, help="default: 60 digits, 200 CIFAR")
-    m.add_argument("--batch-size", type=int, default=None, help="default: 64 digits, 128 CIFAR")
+    m.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the global batch: under torchrun each of the N processes trains on its 1/N share of it, and the "
+        "ranks together see exactly the batches one process sees (default: 64 digits, 128 CIFAR)",
+    )
     m.add_argument("--lr", type=float, default=0.1)
     m.add_argument("--milestones", default="0.5,0.75", help="lr decay points as fractions of the epochs")
     m.add_argument("--lr-gamma", type=float, default=0.1)
@@ -160,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="epochs of the linear alpha schedule 1 -> alpha (0: target from the start; default: 15 digits, 50 CIFAR)",
     )
     m.add_argument("--adaptive", action="store_true", help="adaptive (ASAM-style) perturbation")
+    m.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="sam",
+        help="the perturbation of sam and saner: sam (SAM's own), fsam (Friendly-SAM: less the gradient "
+        "average), vasso (VaSSO: along a gradient average), gsam (GSAM: surrogate-gap ascent in the update); "
+        "runs are named after it (saner-fsam)",
+    )
+    m.add_argument("--sigma", type=float, default=1.0, help="--variant fsam: weight of the gradient average removed")
+    m.add_argument("--lmbda", type=float, default=0.9, help="--variant fsam: momentum of the gradient average")
+    m.add_argument("--theta", type=float, default=0.2, help="--variant vasso: the new gradient's weight in the average")
+    m.add_argument("--gsam-alpha", type=float, default=0.01, help="--variant gsam: weight of the surrogate-gap ascent")
     m.add_argument("--eps", type=float, default=1e-8)
     m.add_argument(
         "--bn-stats",
@@ -205,7 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the A/B/C group fractions every N steps (a host sync); 0: never",
     )
     r.add_argument("--out", default=None, help="output folder (default: runs/<dataset>-<noise><rate>-<model>-s<seed>)")
-    r.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoints in --out (at the world size that wrote them)",
+    )
+    r.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="EPOCHS",
+        help="stop after this many epochs in this invocation (time-limited job slots); continue with --resume",
+    )
+    r.add_argument(
+        "--ddp-mode",
+        choices=DDP_MODES,
+        default="global",
+        help="under torchrun: global = DDP as usual, both backward passes all-reduced, equal to one process on "
+        "the global batch (BatchNorm over the global batch); local = per-replica SAM/SANER (m-sharpness): "
+        "each rank perturbs and masks with its own shard's gradients, the reweighted gradients are averaged; "
+        "BatchNorm per replica; sgd runs as plain DDP in both",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     return p
@@ -228,6 +269,8 @@ def config_from_args(args) -> tuple[Config, list[str]]:
     bad = [n for n in names if n not in OPTIMIZERS]
     if bad or len(set(names)) != len(names):
         raise SystemExit(f"--compare: optimizers must be distinct names from {OPTIMIZERS}, got {names}")
+    if args.variant != "sam" and not any(n in ("sam", "saner") for n in names):
+        raise SystemExit(f"--variant {args.variant} is a perturbation of sam and saner; this run has only {names}")
     noise = pick(args.noise, "noise")
     check_data_flags(args, noise)
     model = pick(args.model, "model")
@@ -278,6 +321,12 @@ def config_from_args(args) -> tuple[Config, list[str]]:
         compile=args.compile,
         compile_backend=args.compile_backend,
         groups_every=args.groups_every,
+        variant=args.variant,
+        sigma=args.sigma,
+        lmbda=args.lmbda,
+        theta=args.theta,
+        gsam_alpha=args.gsam_alpha,
+        ddp_mode=args.ddp_mode,
         out=args.out or os.path.join("runs", f"{args.dataset}-{noise_tag}-{model}-s{args.seed}"),
     )
     return cfg, names
@@ -313,9 +362,18 @@ def check_data_flags(args, noise: str) -> None:
         raise SystemExit(f"--noise-rate must be in [0, 1], got {args.noise_rate}")
 
 
-def check_flags(cfg: Config, device: torch.device, names: list[str]) -> None:
+def check_flags(cfg: Config, device: torch.device, names: list[str], dist: Optional[Dist] = None) -> None:
     if cfg.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise SystemExit("--amp bf16: this GPU does not support bfloat16; drop --amp")
+    if dist is not None and dist.active and cfg.ddp_mode == "local" and cfg.amp == "fp16":
+        # each rank's GradScaler would see only its own overflows and back its scale off alone: the ranks'
+        # scales would part, and with them the loss scaling of their gradients
+        raise SystemExit("--ddp-mode local does not support --amp fp16 (per-rank loss scales); use --amp bf16")
+    if cfg.amp == "fp16" and cfg.variant in ("fsam", "vasso") and any(n in ("sam", "saner") for n in names):
+        raise SystemExit(
+            f"--variant {cfg.variant} keeps an average of past gradients, which fp16's scaled gradients would "
+            f"corrupt: use --amp bf16 (or --variant sam/gsam with --amp fp16)"
+        )
     if cfg.backend != "auto" and any(n in ("sam", "saner") for n in names):
         try:
             from saner_kernels import available_backends
@@ -394,16 +452,41 @@ def run_title(cfg: Config, info: dict) -> str:
     return f"{cfg.dataset} {cfg.noise} {cfg.noise_rate:g} noise (realised {rate:.3f}), {cfg.model}, seed {cfg.seed}"
 
 
-def run(cfg: Config, names: list[str], resume: bool = False, log=print, progress: Optional[bool] = None) -> dict:
-    """Trains each optimizer in ``names`` with the same data, noise and seed. Returns {name: history}."""
-    device = resolve_device(cfg.device)
-    check_flags(cfg, device, names)
+def run(
+    cfg: Config,
+    names: list[str],
+    resume: bool = False,
+    log=print,
+    progress: Optional[bool] = None,
+    dist: Optional[Dist] = None,
+    device: Optional[torch.device] = None,
+    max_epochs: Optional[int] = None,
+) -> dict:
+    """Trains each optimizer in ``names`` with the same data, noise and seed. Returns {run name: history}.
+
+    ``dist`` and ``device``: this process's rank and device under torchrun (``distributed.init_distributed``).
+    ``max_epochs``: stop after that many epochs in this call (``--stop-after``)."""
+    dist = dist or Dist()
+    device = device or resolve_device(cfg.device)
+    check_flags(cfg, device, names, dist)
     data, ds, info = prepare_data(cfg, device, log)
     histories = {}
     for name in names:
-        r = Run(cfg, name, data, ds.num_classes, ds.in_channels, log=log, progress=progress, extra_header=info)
-        histories[name] = r.fit(resume=resume)
-    return {"histories": histories, "info": info, "device": str(device)}
+        label = run_name(name, cfg.variant)
+        r = Run(
+            cfg,
+            name,
+            data,
+            ds.num_classes,
+            ds.in_channels,
+            name=label,
+            log=log,
+            progress=progress,
+            extra_header=info,
+            dist=dist,
+        )
+        histories[label] = r.fit(resume=resume, max_epochs=max_epochs)
+    return {"histories": histories, "info": info, "device": str(device), "world_size": dist.world_size}
 
 
 def main(argv=None) -> int:
@@ -412,18 +495,45 @@ def main(argv=None) -> int:
     if threads:
         torch.set_num_threads(threads)
     cfg, names = config_from_args(args)
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
-    t0 = time.time()
-    print(
-        f"saner-train: {', '.join(names)} on {cfg.dataset} ({cfg.model}, {cfg.epochs} epochs, batch {cfg.batch_size}, "
-        f"lr {cfg.lr:g}, rho {cfg.rho:g}, alpha {cfg.alpha:g}, k {cfg.k}) -> {cfg.out}",
-        flush=True,
-    )
+    if args.stop_after is not None and args.stop_after < 1:
+        raise SystemExit(f"--stop-after must be at least 1, got {args.stop_after}")
+    dist, device = init_distributed(cfg.device, cfg.ddp_mode)
     try:
-        res = run(cfg, names, resume=args.resume, log=log, progress=False if args.no_progress else None)
+        code = _main(args, cfg, names, dist, device)
+    except BaseException:
+        shutdown(dist, clean=False)
+        raise
+    shutdown(dist)
+    return code
+
+
+def _main(args, cfg: Config, names: list[str], dist: Dist, device: Optional[torch.device]) -> int:
+    main_rank = dist.is_main  # only rank 0 prints and writes
+    log = (lambda s: None) if args.quiet or not main_rank else (lambda s: print(s, flush=True))
+    t0 = time.time()
+    ranks = f", {dist.world_size} processes ({cfg.ddp_mode} mode)" if dist.active else ""
+    if main_rank:
+        print(
+            f"saner-train: {', '.join(names)} on {cfg.dataset} ({cfg.model}, {cfg.epochs} epochs, batch "
+            f"{cfg.batch_size}{ranks}, lr {cfg.lr:g}, rho {cfg.rho:g}, alpha {cfg.alpha:g}, k {cfg.k}) -> {cfg.out}",
+            flush=True,
+        )
+    try:
+        res = run(
+            cfg,
+            names,
+            resume=args.resume,
+            log=log,
+            progress=False if args.no_progress else None,
+            dist=dist,
+            device=device,
+            max_epochs=args.stop_after,
+        )
     except (DataError, UnsafeCheckpointError) as exc:
         print(f"saner-train: error: {exc}", file=sys.stderr)
         return 2
+    if not main_rank:
+        return 0
     histories = res["histories"]
     rows = summary_rows(histories)
     table = format_table(rows)
@@ -442,7 +552,8 @@ def main(argv=None) -> int:
     print(table)
     print(f"logs: {', '.join(os.path.join(cfg.out, n, 'log.jsonl') for n in histories)}")
     print(f"plot: {plot}" if plot else "plot: skipped (matplotlib not installed: pip install 'saner_kernels[demo]')")
-    print(f"total time {time.time() - t0:.0f}s on {res['device']}")
+    where = f" ({dist.world_size} processes)" if dist.active else ""
+    print(f"total time {time.time() - t0:.0f}s on {res['device']}{where}")
     return 0
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .device_transforms import normalise, pad_crop_flip
+from .distributed import shard_bounds
 
 DATASETS = ("digits", "cifar10", "cifar100")
 
@@ -212,23 +213,38 @@ class DeviceData:
     def _prepare(self, x: Tensor) -> Tensor:
         return normalise(x, self.mean, self.inv_std, self.memory_format)
 
-    def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        return pad_crop_flip(x, gen, self.pad)
+    def _augment(self, x: Tensor, gen: torch.Generator, rows=None) -> Tensor:
+        return pad_crop_flip(x, gen, self.pad, rows=rows)
 
-    def train_batches(self, batch_size: int, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """Yields (indices, inputs, noisy labels) in a random order drawn from ``gen``."""
+    def train_batches(
+        self, batch_size: int, gen: torch.Generator, shard: Optional[tuple[int, int]] = None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Yields (indices, inputs, noisy labels) in a random order drawn from ``gen``.
+
+        ``shard=(rank, world_size)``: this rank's contiguous part of each batch (``distributed.shard_bounds``);
+        the order and the augmentation numbers are drawn for the whole batch, as one process draws them."""
         order = torch.randperm(self.n_train, generator=gen).to(self.device)
         for start in range(0, self.n_train, batch_size):
             idx = order[start : start + batch_size]
+            rows = None
+            if shard is not None:
+                lo, hi = shard_bounds(idx.numel(), *shard)
+                rows = (lo, hi, idx.numel())
+                idx = idx[lo:hi]
             x = self.x_train[idx]
             if self.augment:
-                x = self._augment(x, gen)
+                x = self._augment(x, gen, rows)
             yield idx, self._prepare(x), self.y_noisy[idx]
 
-    def eval_batches(self, split: str, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
+    def eval_batches(
+        self, split: str, batch_size: int = 1000, shard: Optional[tuple[int, int]] = None
+    ) -> Iterator[tuple[Tensor, slice]]:
+        """Yields (inputs, their positions in the split) in order; ``shard``: this rank's contiguous part only."""
         x_all = self.x_train if split == "train" else self.x_test
-        for start in range(0, x_all.shape[0], batch_size):
-            yield self._prepare(x_all[start : start + batch_size]), slice(start, start + batch_size)
+        lo, hi = shard_bounds(x_all.shape[0], *shard) if shard is not None else (0, x_all.shape[0])
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
+            yield self._prepare(x_all[start:stop]), slice(start, stop)
 
     def num_train_batches(self, batch_size: int) -> int:
         return (self.n_train + batch_size - 1) // batch_size

@@ -14,6 +14,7 @@ device, with any number of loader workers, and after ``--resume``.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +24,26 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def pad_crop_flip(x: Tensor, gen: torch.Generator, pad: int) -> Tensor:
-    """Random crop of the zero-padded (raw-valued) image and a horizontal flip, per sample; float output."""
+def _rows(x: Tensor, rows: Optional[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """(lo, hi, total): ``x`` holds rows lo..hi of a batch of ``total`` (default: the whole batch)."""
+    if rows is None:
+        return 0, x.shape[0], x.shape[0]
+    lo, hi, total = rows
+    if hi - lo != x.shape[0] or not 0 <= lo <= hi <= total:
+        raise ValueError(f"rows {rows} do not describe a slice of {x.shape[0]} rows")
+    return lo, hi, total
+
+
+def pad_crop_flip(x: Tensor, gen: torch.Generator, pad: int, rows: Optional[tuple[int, int, int]] = None) -> Tensor:
+    """Random crop of the zero-padded (raw-valued) image and a horizontal flip, per sample; float output.
+
+    ``rows=(lo, hi, total)``: ``x`` is rows lo..hi of a batch of ``total`` (a rank's shard of the global batch);
+    the numbers are drawn for the whole batch, as one process draws them, and the shard's are applied."""
+    lo, hi, total = _rows(x, rows)
     b, _, h, w = x.shape
     device = x.device
-    offs = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(device)
-    flip = (torch.rand(b, generator=gen) < 0.5).to(device)
+    offs = torch.randint(0, 2 * pad + 1, (2, total), generator=gen)[:, lo:hi].to(device)
+    flip = (torch.rand(total, generator=gen) < 0.5)[lo:hi].to(device)
     if pad > 0:
         xp = F.pad(x.float(), (pad, pad, pad, pad))
         rows = (offs[0][:, None] + torch.arange(h, device=device))[:, :, None]  # (B, H, 1)
@@ -75,13 +90,21 @@ def resized_crop_boxes(
 
 
 def random_resized_crop_flip(
-    x: Tensor, gen: torch.Generator, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+    x: Tensor,
+    gen: torch.Generator,
+    size: int,
+    scale=(0.08, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    rows: Optional[tuple[int, int, int]] = None,
 ) -> Tensor:
     """Crops a random box of each image and resizes it to ``size`` x ``size`` (bilinear), flipping half of
-    them horizontally; float output in the input's raw units."""
+    them horizontally; float output in the input's raw units. ``rows``: as ``pad_crop_flip``'s."""
+    lo, hi, total = _rows(x, rows)
     b, c, h, w = x.shape
-    boxes = resized_crop_boxes(b, h, w, gen, scale, ratio)
-    flip = torch.rand(b, generator=gen) < 0.5
+    boxes = resized_crop_boxes(total, h, w, gen, scale, ratio)[lo:hi]
+    flip = (torch.rand(total, generator=gen) < 0.5)[lo:hi]
+    if b == 0:  # a rank's empty share of a batch (the numbers are drawn all the same)
+        return x.new_zeros((0, c, size, size), dtype=torch.float32)
     top, left, bh, bw = boxes.unbind(1)
     # affine map from output to input coordinates, normalised to [-1, 1] with align_corners=False: the box's
     # pixel edges [left, left + bw) become [2 left / W - 1, 2 (left + bw) / W - 1]; a negative x scale flips

@@ -9,12 +9,17 @@ holds only tensors and plain containers and is read with ``weights_only=True`` (
 Metrics: test accuracy always; where clean training labels exist (digits, CIFAR, CIFAR-N, Tiny-ImageNet,
 image folders with synthetic noise) also the memorisation of the noisy ones. Animal-10N and Mini-WebVision
 ship only their noisy labels: for them the log says so and holds test accuracy only.
+
+Under torchrun (``distributed.py``) the run is one DDP replica per process: each trains on its shard of the
+global batch, metrics are counts summed over the ranks, rank 0 writes; the checkpoint records the world
+size, and ``--resume`` refuses another one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import os
 import sys
@@ -27,8 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import SAM, SANER, AlphaScheduler
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..variants import HYPERPARAMETERS as variant_hyperparameters
+from .checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
 from .data import DeviceData
+from .distributed import DDP_MODES, Dist, global_batchnorm
 from .models import build_model
 from .report import JsonlLog
 from .streaming import StreamingData
@@ -78,6 +85,12 @@ class Config:
     groups_every: int = 10
     eval_batch_size: int = 1000
     out: str = "runs/default"
+    variant: str = "sam"  # SAM/SANER's perturbation: sam, fsam (Friendly-SAM), vasso, gsam
+    sigma: float = 1.0  # fsam: weight of the gradient average removed from the perturbation direction
+    lmbda: float = 0.9  # fsam: the average's momentum
+    theta: float = 0.2  # vasso: the average's weight of the new gradient
+    gsam_alpha: float = 0.01  # gsam: weight of the surrogate-gap ascent
+    ddp_mode: str = "global"  # under torchrun: global (DDP all-reduces both passes) or local (per-replica)
 
     # fields that must match for --resume to continue a checkpoint
     RESUME_KEYS = (
@@ -106,6 +119,12 @@ class Config:
         "bn_stats",
         "augment",
         "seed",
+        "variant",
+        "sigma",
+        "lmbda",
+        "theta",
+        "gsam_alpha",
+        "ddp_mode",
     )
 
     def to_dict(self) -> dict:
@@ -129,8 +148,17 @@ def lr_at(cfg: Config, epoch: int) -> float:
     return cfg.lr * cfg.lr_gamma**passed
 
 
-def build_optimizer(name: str, params, cfg: Config):
-    """Returns (optimizer, alpha scheduler or None)."""
+def run_name(optimizer: str, variant: str = "sam") -> str:
+    """The run's name (its folder, log and table row): ``saner-fsam`` for SANER with Friendly-SAM's perturbation."""
+    return f"{optimizer}-{variant}" if optimizer in ("sam", "saner") and variant != "sam" else optimizer
+
+
+def _accepts(cls, name: str) -> bool:
+    return name in inspect.signature(cls.__init__).parameters
+
+
+def build_optimizer(name: str, params, cfg: Config, ddp=None):
+    """Returns (optimizer, alpha scheduler or None). ``ddp``: the DistributedDataParallel model under torchrun."""
     if name == "sgd":
         opt = torch.optim.SGD(
             params,
@@ -153,12 +181,18 @@ def build_optimizer(name: str, params, cfg: Config):
         backend=cfg.backend,
         track_groups=True,
     )
-    if name == "sam":
-        return SAM(params, **kwargs), None
-    if name == "saner":
-        opt = SANER(params, alpha=cfg.alpha, **kwargs)
-        return opt, AlphaScheduler(opt, k=cfg.k)
-    raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+    # the variant's own hyperparameters only (the optimizer refuses another's)
+    kwargs.update(variant=cfg.variant, **{k: getattr(cfg, k) for k in variant_hyperparameters[cfg.variant]})
+    if name not in ("sam", "saner"):
+        raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+    cls, alpha = (SANER, dict(alpha=cfg.alpha)) if name == "saner" else (SAM, {})
+    if ddp is not None:
+        kwargs.update(ddp=ddp, ddp_mode=cfg.ddp_mode)  # global mode: group_fractions uses its process group
+    try:
+        opt = cls(params, **alpha, **kwargs)
+    except ValueError as exc:  # a combination the optimizer refuses (e.g. --ddp-mode local with --variant gsam)
+        raise SystemExit(f"--optimizer {name}: {exc}") from exc
+    return opt, (AlphaScheduler(opt, k=cfg.k) if name == "saner" else None)
 
 
 def bn_running_buffers(model: nn.Module) -> list[torch.Tensor]:
@@ -259,7 +293,12 @@ def _set_rng_state(st: dict, gen: torch.Generator) -> None:
 
 
 class Run:
-    """One optimizer's training run, resumable from ``<out>/<name>/checkpoint.pt``."""
+    """One optimizer's training run, resumable from ``<out>/<name>/checkpoint.pt``.
+
+    ``dist``: this process's place under torchrun (``distributed.Dist``); the model is then a
+    DistributedDataParallel replica trained on this rank's shard of each global batch, metrics are summed
+    over the ranks, and only rank 0 writes the log and the checkpoint.
+    """
 
     def __init__(
         self,
@@ -272,14 +311,19 @@ class Run:
         log: Callable[[str], None] = print,
         progress: Optional[bool] = None,
         extra_header: Optional[dict] = None,
+        dist: Optional[Dist] = None,
     ):
         self.cfg, self.opt_name, self.data = cfg, optimizer, data
+        self.dist = dist = dist or Dist()
+        if cfg.ddp_mode not in DDP_MODES:
+            raise ValueError(f"unknown ddp mode {cfg.ddp_mode!r}; choose from {DDP_MODES}")
         self.name = name or optimizer
-        self.log, self.progress = log, progress
+        self.log = log if dist.is_main else (lambda s: None)
+        self.progress = progress if dist.is_main else False
         self.device = data.device
         self.dir = os.path.join(cfg.out, self.name)
         self.ckpt_path = os.path.join(self.dir, "checkpoint.pt")
-        self.jsonl = JsonlLog(os.path.join(self.dir, "log.jsonl"))
+        self.jsonl = JsonlLog(os.path.join(self.dir, "log.jsonl")) if dist.is_main else None  # rank 0 writes
         n_noisy = int(data.is_noisy.sum()) if data.has_clean_labels else None
         self.header = {
             "type": "config",
@@ -290,22 +334,49 @@ class Run:
             "clean_labels": data.has_clean_labels,
             "noisy_samples": n_noisy,
             "realised_noise_rate": None if n_noisy is None else n_noisy / data.n_train,
+            "world_size": dist.world_size,
             **(extra_header or {}),
         }
 
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, num_classes, in_channels, cfg.width, cfg.dropout).to(self.device)
+        model = build_model(cfg.model, num_classes, in_channels, cfg.width, cfg.dropout)
+        if dist.active and cfg.ddp_mode == "global":
+            model = global_batchnorm(model, self.device)  # the global batch's statistics, as one process has them
+        self.model = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward_model = self.model
+        self.ddp = None
+        train_model = self.model
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # BatchNorm buffers are not synced at each forward: the same on every rank in global mode; rank 0's
+            # broadcast before each evaluation in local mode (torch 2.13 renamed the switch)
+            no_buffer_sync = (
+                dict(forward_sync_buffers=False)
+                if _accepts(DistributedDataParallel, "forward_sync_buffers")
+                else dict(broadcast_buffers=False)
+            )
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **no_buffer_sync
+            )
+            train_model = self.ddp
+            if dist.rank:  # the model is initialised alike on every rank; dropout masks are each rank's own
+                torch.manual_seed(cfg.seed + 7919 * dist.rank)
+        self.forward_model = train_model
+        self.eval_model = self.model  # evaluation: the module itself, no DDP wrapper (no collective)
         if cfg.compile:
             if not hasattr(torch, "compile"):
                 raise SystemExit("--compile needs torch.compile (PyTorch >= 2.0)")
             try:
-                self.forward_model = torch.compile(self.model, backend=cfg.compile_backend)
+                self.forward_model = torch.compile(train_model, backend=cfg.compile_backend)
             except RuntimeError as exc:  # torch._dynamo's InvalidBackend: says where the valid names are
                 raise SystemExit(f"--compile-backend {cfg.compile_backend}: {exc}") from exc
-        self.opt, self.alpha_sched = build_optimizer(optimizer, self.model.parameters(), cfg)
+            # evaluation: the compiled model itself, or the compiled module inside the DDP wrapper
+            self.eval_model = (
+                self.forward_model if self.ddp is None else torch.compile(self.model, backend=cfg.compile_backend)
+            )
+        self.opt, self.alpha_sched = build_optimizer(optimizer, train_model.parameters(), cfg, ddp=self.ddp)
         self.two_pass = optimizer in ("sam", "saner")
         self.gen = torch.Generator()
         self.gen.manual_seed(cfg.seed + 1)
@@ -328,21 +399,39 @@ class Run:
 
     # -- checkpoint -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The checkpoint. Under torchrun every rank calls it (it gathers the ranks' random states); rank 0
+        writes it."""
+        rng = _rng_state(self.gen)
         return {
             "version": CKPT_VERSION,
             "epoch": self.epoch,
+            "world_size": self.dist.world_size,  # --resume continues only at this world size
             "config": self.cfg.to_dict(),
             "optimizer_name": self.opt_name,
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "alpha_scheduler": self.alpha_sched.state_dict() if self.alpha_sched is not None else None,
-            "rng": _rng_state(self.gen),
+            "rng": rng,
+            # each rank's own global random state (dropout); the data generator is the same on every rank
+            "rng_ranks": self.dist.all_gather_object(rng) if self.dist.active else None,
             "history": self.history,
             # plain numbers (scale, growth tracker, factors): loads with weights_only=True
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def load(self, ck: dict) -> None:
+        world = ck.get("world_size", 1)
+        if world != self.dist.world_size:
+
+            def how(n):
+                return "one process (no torchrun)" if n == 1 else f"{n} processes (torchrun, world size {n})"
+
+            raise SystemExit(
+                f"--resume: {self.ckpt_path} was written by a run of {how(world)}; this run has "
+                f"{how(self.dist.world_size)}. A run resumes only at the world size it started with (its data "
+                f"shards and random states are the ranks'): relaunch with world size {world} "
+                f"(torchrun --nnodes x --nproc-per-node = {world}), or use another --out, or drop --resume"
+            )
         saved = ck["config"]
         now = self.cfg.to_dict()
         default = Config().to_dict()  # a key that an older checkpoint lacks had its default value then
@@ -359,32 +448,57 @@ class Run:
             self.alpha_sched.load_state_dict(ck["alpha_scheduler"])
         if self.scaler is not None and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])  # else (a checkpoint without fp16): a fresh scaler
-        _set_rng_state(ck["rng"], self.gen)
+        ranks = ck.get("rng_ranks")
+        _set_rng_state(ranks[self.dist.rank] if ranks else ck["rng"], self.gen)
         self.history = list(ck["history"])
         self.epoch = ck["epoch"]
 
+    def _read_checkpoint(self) -> Optional[dict]:
+        """The checkpoint, or None. Under torchrun rank 0 reads it and broadcasts it: the other ranks (other
+        nodes) need not see rank 0's files."""
+        if not self.dist.active:
+            return load_checkpoint(self.ckpt_path) if os.path.isfile(self.ckpt_path) else None
+        ck, error = None, None
+        if self.dist.is_main and os.path.isfile(self.ckpt_path):
+            try:
+                ck = load_checkpoint(self.ckpt_path)
+            except UnsafeCheckpointError as exc:
+                error = str(exc)
+        ck, error = self.dist.broadcast_object((ck, error))
+        if error is not None:
+            raise UnsafeCheckpointError(error)
+        return ck
+
     def try_resume(self) -> bool:
-        if not os.path.isfile(self.ckpt_path):
+        ck = self._read_checkpoint()
+        if ck is None:
             return False
-        self.load(load_checkpoint(self.ckpt_path))
+        self.load(ck)
         # the log is rebuilt from the checkpoint: epochs logged after it (a killed run) are dropped
-        self.jsonl.rewrite([self.header] + [{"type": "epoch", **r} for r in self.history])
+        if self.dist.is_main:
+            self.jsonl.rewrite([self.header] + [{"type": "epoch", **r} for r in self.history])
         return True
 
     def save(self) -> None:
-        save_checkpoint(self.state_dict(), self.ckpt_path)
+        state = self.state_dict()  # on every rank: it gathers their random states
+        if self.dist.is_main:
+            save_checkpoint(state, self.ckpt_path)
 
     # -- training ---------------------------------------------------------------------------------
-    def _loss(self, x, y):
+    def _loss(self, x, y, batch: int):
+        """The mean cross-entropy over the batch; under torchrun this rank's part of the mean over the global
+        batch of ``batch`` examples, times the world size (DDP averages the ranks' gradients)."""
         with self.autocast:
             out = self.forward_model(x)
-        return F.cross_entropy(out.float(), y)
+        if not self.dist.active:
+            return F.cross_entropy(out.float(), y)
+        return F.cross_entropy(out.float(), y, reduction="sum") * (self.dist.world_size / batch)
 
-    def _checked_loss(self, x, y):
+    def _checked_loss(self, x, y, batch: int):
         if self._first_forward_done:
-            return self._loss(x, y)
+            return self._loss(x, y, batch)
         try:
-            loss = self._loss(x, y)
+            loss = self._loss(x, y, batch)
         except Exception as exc:
             hints = []
             if self.cfg.compile:
@@ -424,9 +538,12 @@ class Run:
         bar = Progress(nb, f"{self.name} epoch {self.epoch + 1}/{cfg.epochs}", self.progress)
         taken0 = self._steps_taken
         skipped0 = opt.skipped_steps if scaler is not None and self.two_pass else 0
-        for step, (_, x, y) in enumerate(self.data.train_batches(cfg.batch_size, self.gen)):
+        world = self.dist.world_size
+        batches = self.data.train_batches(cfg.batch_size, self.gen, shard=self.dist.shard)
+        for step, (_, x, y) in enumerate(batches):
+            batch = min(cfg.batch_size, self.data.n_train - step * cfg.batch_size)  # the global batch's size
             if not self.two_pass:
-                loss = self._checked_loss(x, y)
+                loss = self._checked_loss(x, y, batch)
                 opt.zero_grad(set_to_none=False)
                 self._backward(loss)
                 if scaler is None:
@@ -438,11 +555,11 @@ class Run:
                 # the pass whose BatchNorm statistics must not count runs between a snapshot and its restore
                 # (restored after the backward: the BatchNorm backward saved the running buffers at their version)
                 with self.bn_snapshot.frozen(cfg.bn_stats == "second"):
-                    loss = self._checked_loss(x, y)
+                    loss = self._checked_loss(x, y, batch)
                     self._backward(loss)
                 opt.first_step(zero_grad=True)
                 with self.bn_snapshot.frozen(cfg.bn_stats == "first"):
-                    self._backward(self._loss(x, y))
+                    self._backward(self._loss(x, y, batch))
                 if scaler is None:
                     opt.second_step(zero_grad=True)
                 else:
@@ -451,16 +568,19 @@ class Run:
                     scaler.step(opt)
                     scaler.update()
                 if cfg.groups_every > 0 and (step % cfg.groups_every == 0 or step == nb - 1):
-                    fr = opt.group_fractions()  # a host sync: only every groups_every steps
+                    fr = self._group_fractions()  # a host sync: only every groups_every steps
                     if not math.isnan(fr["B"]):  # NaN: the step was skipped (non-finite gradients)
                         for k in fr_sum:
                             fr_sum[k] += fr[k]
                         fr_n += 1
-            loss_sum += loss.detach().float() * x.shape[0]
+            loss_sum += loss.detach().float() * (batch / world)  # this rank's summed cross-entropy
             bar.update()
         bar.close()
         if self.alpha_sched is not None:
             self.alpha_sched.step()
+        self.dist.all_reduce_sum(loss_sum)
+        if self.dist.active and cfg.ddp_mode == "local":
+            self.dist.broadcast_buffers(self.model)  # per-replica BatchNorm statistics: rank 0's from now on
         out = {"lr": lr, "alpha": alpha, "train_loss": float(loss_sum) / self.data.n_train}
         for k in fr_sum:
             out[f"group_{k.lower()}"] = fr_sum[k] / fr_n if fr_n else None
@@ -472,20 +592,47 @@ class Run:
                 out["skipped_steps"] = nb - (self._steps_taken - taken0)
         return out
 
+    def _group_fractions(self) -> dict:
+        """The A/B/C fractions of the last step; under torchrun over every rank's components (local mode: each
+        rank has its own masks; global mode: the same counts on every rank)."""
+        return self.opt.group_fractions(all_ranks=self.dist.active)
+
     @torch.no_grad()
-    def predict(self, split: str) -> torch.Tensor:
+    def predict(self, split: str) -> tuple[torch.Tensor, slice]:
+        """Predicted classes of ``split`` (under torchrun: of this rank's contiguous part) and their positions."""
         self.model.eval()
-        preds = []
-        for x, _ in self.data.eval_batches(split, self.cfg.eval_batch_size):
+        preds, lo, hi = [], None, None
+        for x, where in self.data.eval_batches(split, self.cfg.eval_batch_size, shard=self.dist.shard):
+            lo = where.start if lo is None else lo
+            hi = where.stop
             with self.autocast:
-                preds.append(self.forward_model(x).argmax(1))
+                preds.append(self.eval_model(x).argmax(1))
         self.model.train()
-        return torch.cat(preds)
+        if not preds:  # this rank's part is empty (fewer examples than ranks)
+            return torch.zeros(0, dtype=torch.int64, device=self.device), slice(0, 0)
+        return torch.cat(preds), slice(lo, hi)
 
     def evaluate(self) -> dict:
+        """Accuracies from counts summed over the ranks (one process: its own counts)."""
         d = self.data
-        p_test = self.predict("test")
-        test_acc = float((p_test == d.y_test).float().mean())
+        p_test, where = self.predict("test")
+        counts = [(p_test == d.y_test[where]).sum()]
+        if d.has_clean_labels:
+            p_train, where = self.predict("train")
+            noisy = d.is_noisy[where]
+            clean = ~noisy
+            fits_clean = p_train == d.y_clean[where]
+            fits_noisy = p_train == d.y_noisy[where]
+            counts += [
+                clean.sum(),
+                (fits_clean & clean).sum(),
+                noisy.sum(),
+                (fits_noisy & noisy).sum(),
+                (fits_clean & noisy).sum(),
+                fits_noisy.sum(),
+            ]
+        totals = self.dist.all_reduce_sum(torch.stack(counts).to(torch.int64)).tolist()
+        test_acc = totals[0] / int(d.y_test.numel())
         if not d.has_clean_labels:  # no pass over the training set: nothing to compare its predictions with
             return {
                 "train_clean_acc": None,
@@ -494,20 +641,12 @@ class Run:
                 "train_noisy_label_acc": None,
                 "test_acc": test_acc,
             }
-        p_train = self.predict("train")
-        clean = ~d.is_noisy
-        noisy = d.is_noisy
-        n_noisy = int(noisy.sum())
-
-        def frac(mask_ok, mask):
-            n = int(mask.sum())
-            return float((mask_ok & mask).sum()) / n if n else float("nan")
-
+        n_clean, clean_ok, n_noisy, noisy_fit, noisy_true, label_ok = totals[1:]
         return {
-            "train_clean_acc": frac(p_train == d.y_clean, clean),
-            "noisy_fit_acc": frac(p_train == d.y_noisy, noisy) if n_noisy else None,
-            "noisy_true_acc": frac(p_train == d.y_clean, noisy) if n_noisy else None,
-            "train_noisy_label_acc": float((p_train == d.y_noisy).float().mean()),
+            "train_clean_acc": clean_ok / n_clean if n_clean else float("nan"),
+            "noisy_fit_acc": noisy_fit / n_noisy if n_noisy else None,
+            "noisy_true_acc": noisy_true / n_noisy if n_noisy else None,
+            "train_noisy_label_acc": label_ok / d.n_train,
             "test_acc": test_acc,
         }
 
@@ -519,7 +658,7 @@ class Run:
                 self.log(f"[{self.name}] already finished ({self.epoch} epochs) in {self.ckpt_path}")
                 return self.history
             self.log(f"[{self.name}] resuming from epoch {self.epoch} ({self.ckpt_path})")
-        else:
+        elif self.dist.is_main:
             self.jsonl.rewrite([self.header])
         stop = cfg.epochs if max_epochs is None else min(cfg.epochs, self.epoch + max_epochs)
         while self.epoch < stop:
@@ -538,7 +677,8 @@ class Run:
             self.history.append(rec)
             self.epoch += 1
             self.save()
-            self.jsonl.append({"type": "epoch", **rec})
+            if self.dist.is_main:
+                self.jsonl.append({"type": "epoch", **rec})
             self.log(format_epoch(rec, cfg.epochs))
         return self.history
 

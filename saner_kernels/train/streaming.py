@@ -16,7 +16,7 @@ loader as the epoch's list of batches; one set of persistent workers serves trai
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from .data import DataError
 from .device_transforms import normalise, pad_crop_flip, random_resized_crop_flip
+from .distributed import shard_bounds
 from .folders import FolderDataset
 
 RESIZED_CROP_FRAME = 256 / 224  # RandomResizedCrop draws its box from a frame this much larger than the output
@@ -111,7 +112,7 @@ class StreamingData:
         # the resized crop needs a larger frame to crop from; the other transforms keep the size
         resized = augment and ds.preset.crop == "resized"
         train_size = round(ds.image_size * RESIZED_CROP_FRAME) if resized else ds.image_size
-        images = DecodedImages(
+        images = self.images = DecodedImages(
             {
                 "train": (ds.train_files, train_size),
                 "train_eval": (ds.train_files, ds.image_size),
@@ -124,31 +125,50 @@ class StreamingData:
             images, batch_sampler=self.plan, num_workers=workers, pin_memory=self.pin, persistent_workers=workers > 0
         )
 
-    def _batches(self, split: str, order: list, batch_size: int) -> Iterator[Tensor]:
-        """uint8 (B, 3, H, W) batches of ``split`` in ``order`` on the device (a channels-last view)."""
-        self.plan.batches = [[(split, i) for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
-        for hwc in self.loader:
-            yield hwc.to(self.device, non_blocking=self.pin).permute(0, 3, 1, 2)
+    def _batches(self, split: str, chunks: list[list]) -> Iterator[Tensor]:
+        """uint8 (B, 3, H, W) batches of ``split``, one per chunk of indices, on the device (a channels-last
+        view). An empty chunk (a rank's share of a batch smaller than the world) is an empty batch."""
+        self.plan.batches = [[(split, i) for i in chunk] for chunk in chunks if chunk]
+        loaded = iter(self.loader)
+        size = self.images.splits[split][1]
+        for chunk in chunks:
+            if not chunk:
+                yield torch.empty((0, 3, size, size), dtype=torch.uint8, device=self.device)
+                continue
+            yield next(loaded).to(self.device, non_blocking=self.pin).permute(0, 3, 1, 2)
 
-    def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def _augment(self, x: Tensor, gen: torch.Generator, rows=None) -> Tensor:
         if self.preset.crop == "resized":
-            return random_resized_crop_flip(x, gen, self.image_size)
-        return pad_crop_flip(x, gen, self.pad)
+            return random_resized_crop_flip(x, gen, self.image_size, rows=rows)
+        return pad_crop_flip(x, gen, self.pad, rows=rows)
 
-    def train_batches(self, batch_size: int, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """Yields (indices, inputs, noisy labels) in a random order drawn from ``gen``."""
-        order = torch.randperm(self.n_train, generator=gen)
-        for start, x in zip(range(0, self.n_train, batch_size), self._batches("train", order.tolist(), batch_size)):
-            idx = order[start : start + batch_size].to(self.device)
+    def train_batches(
+        self, batch_size: int, gen: torch.Generator, shard: Optional[tuple[int, int]] = None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Yields (indices, inputs, noisy labels) in a random order drawn from ``gen``; ``shard``: as
+        ``DeviceData.train_batches`` (only this rank's part of each batch is decoded)."""
+        order = torch.randperm(self.n_train, generator=gen).tolist()
+        bounds = []
+        for start in range(0, self.n_train, batch_size):
+            total = min(batch_size, self.n_train - start)
+            lo, hi = shard_bounds(total, *shard) if shard is not None else (0, total)
+            bounds.append((start + lo, start + hi, (lo, hi, total) if shard is not None else None))
+        for (lo, hi, rows), x in zip(bounds, self._batches("train", [order[lo:hi] for lo, hi, _ in bounds])):
+            idx = torch.tensor(order[lo:hi], dtype=torch.int64).to(self.device)
             if self.augment:
-                x = self._augment(x, gen)
+                x = self._augment(x, gen, rows)
             yield idx, normalise(x, self.mean, self.inv_std, self.memory_format), self.y_noisy[idx]
 
-    def eval_batches(self, split: str, batch_size: int = 256) -> Iterator[tuple[Tensor, slice]]:
+    def eval_batches(
+        self, split: str, batch_size: int = 256, shard: Optional[tuple[int, int]] = None
+    ) -> Iterator[tuple[Tensor, slice]]:
         n = self.n_train if split == "train" else self.n_test
         name = "train_eval" if split == "train" else "test"
-        for start, x in zip(range(0, n, batch_size), self._batches(name, list(range(n)), batch_size)):
-            yield normalise(x, self.mean, self.inv_std, self.memory_format), slice(start, start + batch_size)
+        lo, hi = shard_bounds(n, *shard) if shard is not None else (0, n)
+        starts = range(lo, hi, batch_size)
+        chunks = [list(range(s, min(s + batch_size, hi))) for s in starts]
+        for start, x in zip(starts, self._batches(name, chunks)):
+            yield normalise(x, self.mean, self.inv_std, self.memory_format), slice(start, min(start + batch_size, hi))
 
     def num_train_batches(self, batch_size: int) -> int:
         return (self.n_train + batch_size - 1) // batch_size
