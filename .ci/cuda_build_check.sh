@@ -4,8 +4,8 @@
 # In a second virtualenv with a CUDA build of torch (torch==2.14.1 -> 2.14.1+cu130 from local disk; the main
 # test venv keeps the light CPU torch), `pip install --no-build-isolation .` must compile and link the CUDA
 # op for sm_80 and sm_90; then the installed module must load (undefined symbols show up only there), have
-# its four ops registered for CPU, CUDA and Meta, give the reference's CPU results (contract v2, every
-# switch), and carry sm_80/sm_90 code.
+# its six ops registered for CPU, CUDA and Meta, give the reference's CPU results (contract v3, every
+# switch and SAM-family variant, gsam_dot_norm, reweight_), and carry sm_80/sm_90 code.
 # Exits non-zero on any failure.
 #
 # Env: SANER_CUDA_VENV (default <repo>/.venv-cuda, created with torch 2.14.1+cu130; any venv that already has
@@ -68,7 +68,7 @@ from saner_kernels import _C
 from saner_kernels.ops import native, reference, resolve_backend
 import contract_cases as cc
 
-OPS = ("grad_sq_norm", "perturb_", "update_", "restore_")
+OPS = ("grad_sq_norm", "perturb_", "update_", "restore_", "gsam_dot_norm", "reweight_")
 assert "site-packages" in saner_kernels.__file__, saner_kernels.__file__
 assert _C.WITH_CUDA, "the extension was built without its CUDA kernels"
 for op in OPS:
@@ -84,7 +84,7 @@ cpp = resolve_backend("cpp", "cpu")
 bad = []
 for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
     t = cc.make_bucket_tensors(4096 + 5, dtype, seed=1, pad=64)
-    for sw in cc.SWITCHES:
+    for sw in cc.SWITCHES + cc.VARIANT_SWITCHES:
         try:
             got = cc.run_step(cpp, t, n_valid=4096 + 5 - 64, **sw)
             cc.assert_same_step(got, cc.run_step(reference, t, n_valid=4096 + 5 - 64, **sw), dtype)
@@ -92,6 +92,15 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
             bad.append((dtype, sw, str(exc)[:200]))
     got, exp = cpp.grad_sq_norm(t["g"], t["w"]), reference.grad_sq_norm(t["g"], t["w"])
     torch.testing.assert_close(got.double(), exp.double(), rtol=1e-6, atol=0.0)
+    # the contract-v3 ops, through the native module itself
+    got, exp = native.gsam_dot_norm(t["g"], t["g_sam"], t["w"]), reference.gsam_dot_norm(t["g"], t["g_sam"], t["w"])
+    torch.testing.assert_close(got[1].double(), exp[1].double(), rtol=1e-5, atol=0.0)
+    for alpha in (0.5, 1.0):
+        x, y = cc.clone_all(t), cc.clone_all(t)
+        stats = [torch.zeros(3, dtype=torch.int64) for _ in range(2)]
+        native.reweight_(x["g_sam"], x["g"], cc.no_skip("cpu"), alpha, cc.EPS, stats=stats[0])
+        reference.reweight_(y["g_sam"], y["g"], cc.no_skip("cpu"), alpha, cc.EPS, stats=stats[1])
+        cc.assert_same_step(dict(g_sam=x["g_sam"], stats=stats[0]), dict(g_sam=y["g_sam"], stats=stats[1]), dtype)
 assert not bad, bad
 print("module", _C.__file__)
 print("ops", ", ".join(OPS), "registered for CPU, CUDA and Meta; CPU steps match the reference; cpu isa:",

@@ -47,14 +47,24 @@ inline void check_skip(const at::Tensor& skip, const at::Tensor& like) {
               ", expected the tensors' device ", like.device());
 }
 
+// A 0-dim factor read on the device (inv_scale, gsam_k): one value of an allowed dtype on the tensors' device.
+inline void check_device_scalar(const at::Tensor& t, const at::Tensor& like, const char* name, bool allow_double) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK(t.numel() == 1 && (st == at::kFloat || (allow_double && st == at::kDouble)), "saner_kernels: ", name,
+              " must be a 0-dim float32", allow_double ? " (or float64)" : "", " tensor, got ", st, " of shape ",
+              t.sizes());
+  TORCH_CHECK(t.device() == like.device(), "saner_kernels: ", name, " is on ", t.device(),
+              ", expected the tensors' device ", like.device());
+}
+
 // inv_scale: GradScaler's 1 / scale, one fp32 value on the tensors' device.
 inline void check_inv_scale(const std::optional<at::Tensor>& inv_scale, const at::Tensor& like) {
-  if (!inv_scale.has_value()) return;
-  TORCH_CHECK(inv_scale->numel() == 1 && inv_scale->scalar_type() == at::kFloat,
-              "saner_kernels: inv_scale must be a 0-dim float32 tensor, got ", inv_scale->scalar_type(),
-              " of shape ", inv_scale->sizes());
-  TORCH_CHECK(inv_scale->device() == like.device(), "saner_kernels: inv_scale is on ", inv_scale->device(),
-              ", expected the tensors' device ", like.device());
+  if (inv_scale.has_value()) check_device_scalar(*inv_scale, like, "inv_scale", false);
+}
+
+// gsam_k: GSAM's coefficient, typed like scale (fp32; fp64 for fp64 buckets).
+inline void check_gsam_k(const std::optional<at::Tensor>& gsam_k, const at::Tensor& like) {
+  if (gsam_k.has_value()) check_device_scalar(*gsam_k, like, "gsam_k", true);
 }
 
 inline void check_stats(const std::optional<at::Tensor>& stats, const at::Tensor& like) {
@@ -73,20 +83,32 @@ inline int64_t valid_count(std::optional<int64_t> n_valid, int64_t n) {
 }
 
 // ------------------------------------------------------------------ each op's arguments, checked before any write
-inline void check_norm_args(const at::Tensor& g, const std::optional<at::Tensor>& w) {
+// avg: the gradient average of the averaging variants, a flat tensor like the others (ops/native.py passes it
+// with its AverageHyper's coefficients, never one without the other).
+inline void check_norm_args(const at::Tensor& g, const std::optional<at::Tensor>& w,
+                            const std::optional<at::Tensor>& avg) {
   check_dtype(g);
   check_flat(g, g, "g");
+  check_flat(w, g, "w");
+  check_flat(avg, g, "avg");
+}
+
+inline void check_dot_norm_args(const at::Tensor& g_sgd, const at::Tensor& g, const std::optional<at::Tensor>& w) {
+  check_dtype(g);
+  check_flat(g, g, "g");
+  check_flat(g_sgd, g, "g_sgd");
   check_flat(w, g, "w");
 }
 
 inline void check_perturb_args(const at::Tensor& w, const at::Tensor& g, const at::Tensor& scale,
                                const at::Tensor& skip, const std::optional<at::Tensor>& e,
-                               const std::optional<at::Tensor>& g_sgd) {
+                               const std::optional<at::Tensor>& g_sgd, const std::optional<at::Tensor>& avg) {
   check_dtype(w);
   check_flat(w, w, "w");
   check_flat(g, w, "g");
   check_flat(e, w, "e");
   check_flat(g_sgd, w, "g_sgd");
+  check_flat(avg, w, "avg");
   check_scale(scale, w);
   check_skip(skip, w);
 }
@@ -94,28 +116,43 @@ inline void check_perturb_args(const at::Tensor& w, const at::Tensor& g, const a
 inline void check_update_args(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sgd,
                               const std::optional<at::Tensor>& buf, const at::Tensor& scale, const at::Tensor& skip,
                               const std::optional<at::Tensor>& e, const std::optional<at::Tensor>& stats,
-                              const std::optional<at::Tensor>& inv_scale) {
+                              const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& avg,
+                              const std::optional<at::Tensor>& gsam_k) {
   check_dtype(w);
   check_flat(w, w, "w");
   check_flat(g, w, "g");
   check_flat(g_sgd, w, "g_sgd");
   check_flat(buf, w, "buf");
   check_flat(e, w, "e");
+  check_flat(avg, w, "avg");
   check_scale(scale, w);
   check_skip(skip, w);
   check_stats(stats, w);
   check_inv_scale(inv_scale, w);
+  check_gsam_k(gsam_k, w);
 }
 
 inline void check_restore_args(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& skip,
-                               const std::optional<at::Tensor>& g_sgd, const std::optional<at::Tensor>& e) {
+                               const std::optional<at::Tensor>& g_sgd, const std::optional<at::Tensor>& e,
+                               const std::optional<at::Tensor>& avg) {
   check_dtype(w);
   check_flat(w, w, "w");
   check_flat(g_sgd, w, "g_sgd");
   check_flat(e, w, "e");
+  check_flat(avg, w, "avg");
   TORCH_CHECK(g_sgd.has_value() || e.has_value(), "saner_kernels: restore_ needs g_sgd (or e when adaptive)");
   check_scale(scale, w);
   check_skip(skip, w);
+}
+
+inline void check_reweight_args(const at::Tensor& g, const at::Tensor& g_sgd, const at::Tensor& skip,
+                                const std::optional<at::Tensor>& stats, const std::optional<at::Tensor>& inv_scale) {
+  check_dtype(g);
+  check_flat(g, g, "g");
+  check_flat(g_sgd, g, "g_sgd");
+  check_skip(skip, g);
+  check_stats(stats, g);
+  check_inv_scale(inv_scale, g);
 }
 
 // Calls f(T{}) with the storage type T of dtype st.

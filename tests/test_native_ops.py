@@ -19,12 +19,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from contract_cases import DTYPES, SWITCHES, assert_same_step, make_bucket_tensors, no_skip, run_step, scale_for
+from contract_cases import (
+    AVERAGES,
+    DTYPES,
+    EPS,
+    SWITCHES,
+    VARIANT_SWITCHES,
+    assert_same_step,
+    clone_all,
+    make_bucket_tensors,
+    no_skip,
+    run_step,
+    scale_for,
+)
 
 import saner_kernels
 from saner_kernels._source_hash import source_hash
 from saner_kernels.ops import available_backends, native, reference, resolve_backend
-from saner_kernels.ops.hyper import UpdateHyper
+from saner_kernels.ops.hyper import AverageHyper, UpdateHyper
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parent.parent
@@ -147,6 +159,68 @@ def test_avx2_fp32_bit_identical_to_reference(cpp, isa, switches):
     assert torch.equal(_restore_roundtrip(cpp, t, adaptive), _restore_roundtrip(reference, t, adaptive))
 
 
+def _variant_id(sw: dict) -> str:
+    return f"{sw['avg'] or 'noavg'}-{'gsam' if sw['gsam_alpha'] else 'nogsam'}-" + _id(
+        {k: v for k, v in sw.items() if k not in ("avg", "gsam_alpha")}
+    )
+
+
+def _reweight_twice(ops, t: dict, alpha: float) -> dict:
+    """reweight_ counted over a prefix, then again unscaling: g_sam and the counts."""
+    x = clone_all(t)
+    stats = torch.zeros(3, dtype=torch.int64)
+    ops.reweight_(x["g_sam"], x["g"], no_skip(CPU), alpha, EPS, stats=stats, n_valid=t["g"].numel() - 100)
+    ops.reweight_(x["g_sam"], x["g"], no_skip(CPU), alpha, EPS, inv_scale=torch.tensor(2.0**-3))
+    return dict(g_sam=x["g_sam"], g=x["g"], stats=stats)
+
+
+def _restore_with_average(ops, t: dict, avg: str) -> torch.Tensor:
+    w, kw = t["w"].clone(), dict(avg=t["avg"], avg_hyper=AVERAGES[avg])
+    s = scale_for(t, avg=avg)
+    ops.perturb_(w, t["g"], s, no_skip(CPU), **kw)
+    ops.restore_(w, s, no_skip(CPU), g_sgd=t["g"], **kw)
+    return w
+
+
+@pytest.mark.parametrize("isa", ["avx2"], indirect=True)
+@pytest.mark.parametrize("switches", VARIANT_SWITCHES, ids=_variant_id)
+def test_avx2_fp32_sam_family_bit_identical_to_reference(cpp, isa, switches):
+    """Contract v3 (averages, GSAM, reweight_): every fp32 result exact on AVX2, as the v2 switches'."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip(f"torch runs its {torch.backends.cpu.get_cpu_capability()} kernels here")
+    for variant in STEP_VARIANTS:
+        t, kwargs = _variant(make_bucket_tensors(65536 + 77, torch.float32, seed=13, pad=100), variant)
+        got, exp = run_step(cpp, t, **kwargs, **switches), run_step(reference, t, **kwargs, **switches)
+        for name in exp:
+            assert torch.equal(got[name], exp[name]), (variant, name)
+    if switches["avg"]:
+        assert torch.equal(
+            _restore_with_average(cpp, t, switches["avg"]), _restore_with_average(reference, t, switches["avg"])
+        )
+    got, exp = _reweight_twice(native, t, switches["alpha"]), _reweight_twice(reference, t, switches["alpha"])
+    for name in exp:
+        assert torch.equal(got[name], exp[name]), ("reweight_", name)
+
+
+@pytest.mark.parametrize("isa", ["default"], indirect=True)
+@pytest.mark.parametrize("switches", VARIANT_SWITCHES[::3], ids=_variant_id)
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
+def test_baseline_isa_build_sam_family(cpp, isa, dtype, switches):
+    """The baseline-ISA update loop with an average and GSAM, and its reweight_ loop."""
+    n = 65536 + 77
+    t = make_bucket_tensors(n, dtype, seed=17, pad=n // 8)
+    got, exp = run_step(cpp, t, **switches), run_step(reference, t, **switches)
+    got_rw, exp_rw = _reweight_twice(native, t, switches["alpha"]), _reweight_twice(reference, t, switches["alpha"])
+    if dtype == torch.float64:  # compared in fp64: unfused fmadds differ from torch's by an fp64 ulp
+        for name in exp:
+            torch.testing.assert_close(got[name], exp[name], rtol=1e-12, atol=1e-12)
+        for name in exp_rw:
+            torch.testing.assert_close(got_rw[name], exp_rw[name], rtol=0, atol=0)
+    else:
+        assert_same_step(got, exp, dtype)
+        assert_same_step(got_rw, exp_rw, dtype)
+
+
 @pytest.mark.parametrize("isa", ["default"], indirect=True)
 @pytest.mark.parametrize("switches", SWITCHES[::5], ids=_id)
 @pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
@@ -210,14 +284,20 @@ def test_deterministic_across_thread_counts(cpp):
                     cpp.grad_sq_norm(t["g"]),
                     cpp.grad_sq_norm(t["g"], t["w"]),
                     run_step(cpp, t, n_valid=300032 - 1000, **SWITCHES[-1]),
+                    native.grad_sq_norm(t["g"], t["w"], avg=t["avg"], avg_hyper=AVERAGES["fsam"]),
+                    native.gsam_dot_norm(t["g"], t["g_sam"], t["w"]),
+                    run_step(cpp, t, n_valid=300032 - 1000, **VARIANT_SWITCHES[-1]),
                 )
             )
     finally:
         torch.set_num_threads(threads)
     first = results[0]
     for other in results[1:]:
-        assert torch.equal(first[0], other[0]) and torch.equal(first[1], other[1])
-        assert all(torch.equal(first[2][k], other[2][k]) for k in first[2])
+        for a, b in zip(first, other):
+            if isinstance(a, dict):
+                assert all(torch.equal(a[k], b[k]) for k in a)
+            else:
+                assert torch.equal(a, b)
 
 
 # ------------------------------------------------------------------------------------ stale builds
@@ -283,6 +363,67 @@ def test_auto_warns_once_about_an_unusable_build(cpp, tmp_path, how):
         assert category == "RuntimeWarning" and reason in message and "pip install --no-build-isolation" in message
 
 
+# ------------------------------------------------------------------------------------ contract v3 arguments
+def test_v3_arguments_are_checked(cpp):
+    """The average, gsam_k and the new ops' arguments: a clear error naming the argument, nothing written."""
+    t = make_bucket_tensors(256, torch.float32, seed=3)
+    s, skip, hyper, fsam = scale_for(t), no_skip(CPU), UpdateHyper(lr=0.1, momentum=0.9), AVERAGES["fsam"]
+    before = clone_all(t)
+
+    def update(**kw):
+        native.update_(t["w"], t["g_sam"], t["g_sgd"], t["buf"], s, skip, hyper, **kw)
+
+    bad_calls = {
+        "avg and avg_hyper": lambda: native.perturb_(t["w"], t["g"], s, skip, avg=t["avg"]),
+        "avg and avg_hyper ": lambda: update(avg_hyper=fsam),
+        "avg has dtype": lambda: native.grad_sq_norm(t["g"], avg=t["avg"].double(), avg_hyper=fsam),
+        "avg has 128 elements": lambda: native.perturb_(t["w"], t["g"], s, skip, avg=t["avg"][:128], avg_hyper=fsam),
+        "avg must be a contiguous": lambda: native.restore_(
+            t["w"], s, skip, g_sgd=t["g"], avg=t["avg"].view(2, 128), avg_hyper=fsam
+        ),
+        "avg has 255": lambda: update(avg=t["avg"][1:], avg_hyper=fsam),
+        "gsam_k must be a 0-dim float32 (or float64)": lambda: update(gsam_k=s.half()),
+        "gsam_k must be": lambda: update(gsam_k=torch.ones(2)),
+        "g_sgd has dtype": lambda: native.gsam_dot_norm(t["g"].half(), t["g_sam"]),
+        "w has 128": lambda: native.gsam_dot_norm(t["g"], t["g_sam"], t["w"][:128]),
+        "unsupported dtype": lambda: native.gsam_dot_norm(t["g"].int(), t["g_sam"].int()),
+        "g_sgd has 128": lambda: native.reweight_(t["g_sam"], t["g"][:128], skip, 0.5, EPS),
+        "skip must be": lambda: native.reweight_(t["g_sam"], t["g"], s.double(), 0.5, EPS),
+        "stats must be": lambda: native.reweight_(t["g_sam"], t["g"], skip, 0.5, EPS, stats=torch.zeros(3)),
+        "inv_scale must be": lambda: native.reweight_(t["g_sam"], t["g"], skip, 0.5, EPS, inv_scale=s.double()),
+        "n_valid must be": lambda: native.reweight_(t["g_sam"], t["g"], skip, 0.5, EPS, n_valid=257),
+    }
+    for what, call in bad_calls.items():
+        with pytest.raises((RuntimeError, ValueError), match=re.escape(what.strip())):
+            call()
+    for name in before:
+        assert torch.equal(t[name], before[name]), f"{name} changed by a rejected call"
+
+
+def test_v3_ops_on_empty_buckets(cpp):
+    x, s, skip, fsam = torch.zeros(0), torch.tensor(0.1), no_skip(CPU), AVERAGES["fsam"]
+    assert native.grad_sq_norm(x, x, avg=x.clone(), avg_hyper=fsam).item() == 0.0
+    assert native.gsam_dot_norm(x, x, x).tolist() == [0.0, 0.0]
+    native.perturb_(x, x, s, skip, avg=x.clone(), avg_hyper=fsam)
+    stats = torch.zeros(3, dtype=torch.int64)
+    native.update_(
+        x,
+        x.clone(),
+        x.clone(),
+        x.clone(),
+        s,
+        skip,
+        UpdateHyper(lr=0.1, momentum=0.9, gsam_alpha=0.4),
+        avg=x.clone(),
+        avg_hyper=fsam,
+        gsam_k=torch.tensor(0.5),
+        stats=stats,
+    )
+    native.restore_(x, s, skip, g_sgd=x.clone(), avg=x.clone(), avg_hyper=fsam)
+    native.reweight_(x, x.clone(), skip, 0.5, EPS, stats=stats, n_valid=0)
+    assert not stats.any()
+
+
 # ------------------------------------------------------------------------------------ torch.library checks
 def _opcheck_all(device: str, adaptive: bool) -> None:
     from torch.library import opcheck
@@ -318,6 +459,39 @@ def _opcheck_all(device: str, adaptive: bool) -> None:
             ),
         )
     opcheck(ops.restore_.default, (t["w"].clone(), s, skip), dict(g_sgd=t["g"], e=e))
+    # contract v3: the average's and GSAM's arguments, gsam_dot_norm, reweight_
+    fsam = AverageHyper.fsam(sigma=1.0, lmbda=0.9)
+    direction = dict(avg=t["avg"], dir_g=fsam.dir_g, dir_avg=fsam.dir_avg)
+    opcheck(ops.grad_sq_norm.default, (t["g"], t["w"] if adaptive else None), direction)
+    opcheck(ops.perturb_.default, (t["w"].clone(), t["g"], s, skip), dict(e=e, **direction))
+    opcheck(
+        ops.update_.default,
+        (t["w"].clone(), t["g_sam"].clone(), t["g"].clone(), t["buf"].clone(), s, skip),
+        dict(
+            lr=0.1,
+            momentum=0.9,
+            dampening=0.0,
+            weight_decay=5e-4,
+            alpha=0.5,
+            eps=EPS,
+            nesterov=False,
+            e=e,
+            stats=torch.zeros(3, dtype=torch.int64, device=device),
+            zero_grads=True,
+            gsam_k=torch.tensor(0.7, device=device),
+            gsam_alpha=0.4,
+            avg_keep=fsam.keep,
+            avg_take=fsam.take,
+            **dict(direction, avg=t["avg"].clone()),
+        ),
+    )
+    opcheck(ops.restore_.default, (t["w"].clone(), s, skip), dict(g_sgd=t["g"], e=e, **direction))
+    opcheck(ops.gsam_dot_norm.default, (t["g"], t["g_sam"], t["w"] if adaptive else None))
+    opcheck(
+        ops.reweight_.default,
+        (t["g_sam"].clone(), t["g"], skip),
+        dict(alpha=0.5, eps=EPS, stats=torch.zeros(3, dtype=torch.int64, device=device), n_valid=1000),
+    )
 
 
 @pytest.mark.parametrize("adaptive", [False, True])

@@ -90,6 +90,28 @@ def test_saner_cpp_matches_reference(kind, config, zero_grad):
     assert abs(fa["B"] - fb["B"]) <= 0.02 and abs(fa["A"] - fb["A"]) <= 0.02, (fa, fb)
 
 
+# Contract v3 through the optimizer: the gradient averages (direction, norm, commit, state_dict) and GSAM's
+# dot/norm pass and decomposition; both gradient-buffer paths.
+VARIANTS = [
+    dict(variant="fsam", alpha=0.5),
+    dict(variant="vasso", adaptive=True, rho=0.5),
+    dict(variant="gsam", alpha=0.5),
+    dict(variant="gsam", adaptive=True, rho=0.5, alpha=1.0),
+]
+
+
+@pytest.mark.parametrize("zero_grad", [True, False], ids=["swap", "copy"])
+@pytest.mark.parametrize("config", VARIANTS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_sam_family_cpp_matches_reference(config, zero_grad):
+    out = run_pair(
+        "conv",
+        torch.float32,
+        lambda p, b: SANER(p, lr=0.05, backend=b, **config),
+        run=lambda m, o, d: train(m, o, d, zero_grad),
+    )
+    assert_close_runs(out, OPTIMIZER_RTOL["kernel"], atol=1e-6)
+
+
 def test_saner_cpp_closure_api():
     out = run_pair(
         "conv",

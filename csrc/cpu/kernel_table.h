@@ -11,6 +11,14 @@
 namespace saner_kernels {
 namespace cpu {
 
+// The perturbation direction d = dir_g * g + dir_avg * avg of the averaging variants (Friendly-SAM, VaSSO);
+// read only by the kernels instantiated with an average (avg != nullptr then).
+template <typename T>
+struct Direction {
+  const T* avg = nullptr;
+  double dir_g = 1.0, dir_avg = 0.0;
+};
+
 template <typename T>
 struct UpdateArgs {
   T* w;
@@ -18,12 +26,23 @@ struct UpdateArgs {
   const T* g_sgd;
   T* buf;        // nullptr when momentum == 0
   const T* e;    // nullptr unless adaptive
+  T* avg;        // nullptr unless the average variant: read (direction of e) and committed
   double scale;  // the 0-dim scale tensor's value (fp32 or fp64), rounded to the compute type in the kernels
   double inv_scale;  // GradScaler's 1 / scale for both gradients, when unscale
   double lr, momentum, dampening, weight_decay, alpha, eps;
+  double dir_g, dir_avg, avg_keep, avg_take;  // the average variant's coefficients
+  double gsam_k, gsam_alpha;                  // GSAM variant: g <- g - gsam_alpha * (g_sgd - gsam_k * g)
   bool nesterov, first_momentum_step;
   bool unscale;
   bool perturbed;  // scale != 0; else e is +0 (g_sgd may hold inf, a stored e is stale)
+};
+
+template <typename T>
+struct ReweightArgs {
+  T* g;
+  const T* g_sgd;
+  double alpha, eps, inv_scale;
+  bool unscale;
 };
 
 // Group A and B counts of a range; C is the caller's: valid elements - A - B.
@@ -31,15 +50,24 @@ struct GroupCounts {
   int64_t a = 0, b = 0;
 };
 
+// How restore_ (and a skipped update_) recomputes the e it subtracts.
+enum RestoreSource : int { kFromGsgd = 0, kFromE = 1, kFromDirection = 2 };
+
 template <typename T>
 struct KernelTable {
-  double (*sq_norm)(const T* g, const T* w, int64_t begin, int64_t end);
-  // index: adaptive (e stored) + 2 * copy (g_sgd <- g)
-  void (*perturb[4])(T* w, const T* g, T* g_sgd, T* e, double scale, int64_t begin, int64_t end);
-  // index: adaptive * 4 + has_buf * 2 + mask; counts may be nullptr (a range past n_valid)
-  void (*update[8])(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts);
-  // index: adaptive (src is e) or not (src is g_sgd, times scale)
-  void (*restore[2])(T* w, const T* src, double scale, int64_t begin, int64_t end);
+  // index: [adaptive][average direction]
+  double (*sq_norm[2][2])(const T* g, const T* w, const Direction<T>& dir, int64_t begin, int64_t end);
+  // [sum(g_sgd * g), sum((|w| g)^2)] of a range, added to out; index: adaptive
+  void (*dot_norm[2])(const T* g_sgd, const T* g, const T* w, int64_t begin, int64_t end, double* out);
+  // index: [adaptive (e stored)][copy (g_sgd <- g)][average direction]
+  void (*perturb[2][2][2])(T* w, const T* g, T* g_sgd, T* e, const Direction<T>& dir, double scale,
+                           int64_t begin, int64_t end);
+  // index: [adaptive][has_buf][mask][average][gsam]; counts may be nullptr (a range past n_valid)
+  void (*update[2][2][2][2][2])(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts);
+  // index: RestoreSource (src is g_sgd, e, or g_sgd with dir.avg)
+  void (*restore[3])(T* w, const T* src, const Direction<T>& dir, double scale, int64_t begin, int64_t end);
+  // index: [mask (alpha != 1 or counted)][write g (alpha != 1 or unscale)]
+  void (*reweight[2][2])(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts);
 };
 
 // One table per ISA build. avx2_table exists when setup.py built the AVX2 library (x86-64 only).

@@ -39,8 +39,36 @@ int64_t grid_for(int64_t n_items) {
   return std::max<int64_t>(1, std::min<int64_t>((n_items + per_block - 1) / per_block, int64_t(1) << 20));
 }
 
-at::Tensor grad_sq_norm_cuda(const at::Tensor& g, const std::optional<at::Tensor>& w) {
-  check_norm_args(g, w);
+// The grid of a reduction (norm, dot_norm): depends on n only, so the partial sums and their order are the
+// same on every run and device.
+int reduction_blocks(int64_t n_items) {
+  return static_cast<int>(std::min<int64_t>(grid_for(n_items), kNormMaxBlocks));
+}
+
+// The second stage of a reduction with kSums rows of partials: fp32 results (fp64 for fp64 storage).
+template <int kSums>
+void launch_sums_final(const at::Tensor& partial, int blocks, at::Tensor& out, cudaStream_t stream) {
+  if (out.scalar_type() == at::kDouble) {
+    sums_final_kernel<double, kSums><<<1, 1024, 0, stream>>>(partial.data_ptr<double>(), blocks, out.data_ptr<double>());
+  } else {
+    sums_final_kernel<float, kSums><<<1, 1024, 0, stream>>>(partial.data_ptr<double>(), blocks, out.data_ptr<float>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename C>
+DirArg<C> dir_arg(double dir_g, double dir_avg) {
+  return DirArg<C>{static_cast<C>(dir_g), static_cast<C>(dir_avg)};
+}
+
+template <typename T>
+const T* opt_ptr(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
+}
+
+at::Tensor grad_sq_norm_cuda(const at::Tensor& g, const std::optional<at::Tensor>& w,
+                             const std::optional<at::Tensor>& avg, double dir_g, double dir_avg) {
+  check_norm_args(g, w, avg);
   const bool is_double = g.scalar_type() == at::kDouble;
   const int64_t n = g.numel();
   if (n == 0) return at::zeros({}, g.options().dtype(is_double ? at::kDouble : at::kFloat));
@@ -50,25 +78,49 @@ at::Tensor grad_sq_norm_cuda(const at::Tensor& g, const std::optional<at::Tensor
   dispatch_dtype(g.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* gp = g.const_data_ptr<T>();
-    const T* wp = w.has_value() ? w->const_data_ptr<T>() : nullptr;
-    dispatch_bool(aligned16(gp) && aligned16(wp), [&](auto kv) {
+    const T* wp = opt_ptr<T>(w);
+    const T* ap = opt_ptr<T>(avg);
+    dispatch_bool(aligned16(gp) && aligned16(wp) && aligned16(ap), [&](auto kv) {
+      dispatch_bool(w.has_value(), [&](auto ka) {
+        dispatch_bool(avg.has_value(), [&](auto kg) {
+          constexpr bool kVec = decltype(kv)::value;
+          const int64_t n_items = n / Access<T, kVec>::N;
+          const int blocks = reduction_blocks(n_items);
+          at::Tensor partial = at::empty({blocks}, g.options().dtype(at::kDouble));
+          sq_norm_partial_kernel<T, kVec, decltype(ka)::value, decltype(kg)::value><<<blocks, kThreads, 0, stream>>>(
+              gp, wp, ap, dir_arg<acc_t<T>>(dir_g, dir_avg), n_items, n, partial.data_ptr<double>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launch_sums_final<1>(partial, blocks, out, stream);
+        });
+      });
+    });
+  });
+  return out;
+}
+
+at::Tensor gsam_dot_norm_cuda(const at::Tensor& g_sgd, const at::Tensor& g, const std::optional<at::Tensor>& w) {
+  check_dot_norm_args(g_sgd, g, w);
+  const bool is_double = g.scalar_type() == at::kDouble;
+  const int64_t n = g.numel();
+  if (n == 0) return at::zeros({2}, g.options().dtype(is_double ? at::kDouble : at::kFloat));
+  c10::cuda::CUDAGuard guard(g.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor out = at::empty({2}, g.options().dtype(is_double ? at::kDouble : at::kFloat));
+  dispatch_dtype(g.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* gsp = g_sgd.const_data_ptr<T>();
+    const T* gp = g.const_data_ptr<T>();
+    const T* wp = opt_ptr<T>(w);
+    dispatch_bool(aligned16(gsp) && aligned16(gp) && aligned16(wp), [&](auto kv) {
       dispatch_bool(w.has_value(), [&](auto ka) {
         constexpr bool kVec = decltype(kv)::value;
         const int64_t n_items = n / Access<T, kVec>::N;
-        // The grid depends on n only: the same partial sums and order on every run and device.
-        const int blocks = static_cast<int>(std::min<int64_t>(grid_for(n_items), kNormMaxBlocks));
-        at::Tensor partial = at::empty({blocks}, g.options().dtype(at::kDouble));
-        sq_norm_partial_kernel<T, kVec, decltype(ka)::value>
-            <<<blocks, kThreads, 0, stream>>>(gp, wp, n_items, n, partial.data_ptr<double>());
+        const int blocks = reduction_blocks(n_items);
+        at::Tensor partial = at::empty({2 * blocks}, g.options().dtype(at::kDouble));  // dot row, squares row
+        dot_norm_partial_kernel<T, kVec, decltype(ka)::value>
+            <<<blocks, kThreads, 0, stream>>>(gsp, gp, wp, n_items, n, partial.data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        if (is_double) {
-          sq_norm_final_kernel<double><<<1, 1024, 0, stream>>>(partial.data_ptr<double>(), blocks,
-                                                               out.data_ptr<double>());
-        } else {
-          sq_norm_final_kernel<float><<<1, 1024, 0, stream>>>(partial.data_ptr<double>(), blocks,
-                                                              out.data_ptr<float>());
-        }
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_sums_final<2>(partial, blocks, out, stream);
       });
     });
   });
@@ -76,8 +128,9 @@ at::Tensor grad_sq_norm_cuda(const at::Tensor& g, const std::optional<at::Tensor
 }
 
 void perturb_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& scale, const at::Tensor& skip,
-                  const std::optional<at::Tensor>& e, const std::optional<at::Tensor>& g_sgd) {
-  check_perturb_args(w, g, scale, skip, e, g_sgd);
+                  const std::optional<at::Tensor>& e, const std::optional<at::Tensor>& g_sgd,
+                  const std::optional<at::Tensor>& avg, double dir_g, double dir_avg) {
+  check_perturb_args(w, g, scale, skip, e, g_sgd, avg);
   const int64_t n = w.numel();
   if (n == 0) return;
   c10::cuda::CUDAGuard guard(w.device());
@@ -88,16 +141,20 @@ void perturb_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& sc
     const T* gp = g.const_data_ptr<T>();
     T* ep = e.has_value() ? e->data_ptr<T>() : nullptr;
     T* gsp = g_sgd.has_value() ? g_sgd->data_ptr<T>() : nullptr;
-    const bool vec = aligned16(wp) && aligned16(gp) && aligned16(gsp) && aligned16(ep);
+    const T* ap = opt_ptr<T>(avg);
+    const bool vec = aligned16(wp) && aligned16(gp) && aligned16(gsp) && aligned16(ep) && aligned16(ap);
     dispatch_bool(vec, [&](auto kv) {
       dispatch_bool(e.has_value(), [&](auto ka) {
         dispatch_bool(g_sgd.has_value(), [&](auto kc) {
-          constexpr bool kVec = decltype(kv)::value;
-          const int64_t n_items = n / Access<T, kVec>::N;
-          perturb_kernel<T, kVec, decltype(ka)::value, decltype(kc)::value>
-              <<<grid_for(n_items), kThreads, 0, stream>>>(wp, gp, gsp, ep, scale_arg(scale),
-                                                           skip.const_data_ptr<float>(), n_items, n);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          dispatch_bool(avg.has_value(), [&](auto kg) {
+            constexpr bool kVec = decltype(kv)::value;
+            const int64_t n_items = n / Access<T, kVec>::N;
+            perturb_kernel<T, kVec, decltype(ka)::value, decltype(kc)::value, decltype(kg)::value>
+                <<<grid_for(n_items), kThreads, 0, stream>>>(wp, gp, gsp, ep, ap, dir_arg<acc_t<T>>(dir_g, dir_avg),
+                                                             scale_arg(scale), skip.const_data_ptr<float>(), n_items,
+                                                             n);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
         });
       });
     });
@@ -121,8 +178,10 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
                  double momentum, double dampening, double weight_decay, double alpha, double eps, bool nesterov,
                  const std::optional<at::Tensor>& e, bool first_momentum_step, bool zero_grads,
                  const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
-                 const std::optional<at::Tensor>& inv_scale) {
-  check_update_args(w, g, g_sgd, buf, scale, skip, e, stats, inv_scale);
+                 const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& avg, double dir_g,
+                 double dir_avg, double avg_keep, double avg_take, const std::optional<at::Tensor>& gsam_k,
+                 double gsam_alpha) {
+  check_update_args(w, g, g_sgd, buf, scale, skip, e, stats, inv_scale, avg, gsam_k);
   const int64_t n = w.numel();
   const int64_t valid = valid_count(n_valid, n);
   if (n == 0) return;
@@ -139,6 +198,11 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
     p.wd = static_cast<C>(weight_decay);
     p.alpha = static_cast<C>(alpha);
     p.eps = static_cast<C>(eps);
+    p.dg = static_cast<C>(dir_g);
+    p.da = static_cast<C>(dir_avg);
+    p.keep = static_cast<C>(avg_keep);
+    p.take = static_cast<C>(avg_take);
+    p.gsam_alpha = static_cast<C>(gsam_alpha);
     p.use_alpha = alpha != 1.0;
     p.use_wd = weight_decay != 0.0;
     p.nesterov = nesterov;
@@ -146,21 +210,30 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
     T* gp = g.data_ptr<T>();
     T* gsp = g_sgd.data_ptr<T>();
     T* bp = buf.has_value() ? buf->data_ptr<T>() : nullptr;
-    const T* ep = e.has_value() ? e->const_data_ptr<T>() : nullptr;
+    const T* ep = opt_ptr<T>(e);
+    T* ap = avg.has_value() ? avg->data_ptr<T>() : nullptr;
     auto* sp = stats.has_value() ? reinterpret_cast<unsigned long long*>(stats->data_ptr<int64_t>()) : nullptr;
     const float* ip = inv_scale.has_value() ? inv_scale->const_data_ptr<float>() : nullptr;
-    const bool vec = aligned16(wp) && aligned16(gp) && aligned16(gsp) && aligned16(bp) && aligned16(ep);
+    // gsam_k is read only by the kGsam kernels; without it, this points at scale (never read).
+    const ScaleArg kp = scale_arg(gsam_k.has_value() ? *gsam_k : scale);
+    const bool vec =
+        aligned16(wp) && aligned16(gp) && aligned16(gsp) && aligned16(bp) && aligned16(ep) && aligned16(ap);
     dispatch_bool(vec, [&](auto kv) {
       dispatch_bool(e.has_value(), [&](auto ka) {
         dispatch_momentum(buf.has_value(), first_momentum_step, [&](auto kb, auto kf) {
           dispatch_bool(mask, [&](auto km) {
-            constexpr bool kVec = decltype(kv)::value;
-            const int64_t n_items = n / Access<T, kVec>::N;
-            update_kernel<T, kVec, decltype(ka)::value, decltype(kb)::value, decltype(kf)::value,
-                          decltype(km)::value><<<grid_for(n_items), kThreads, 0, stream>>>(
-                wp, gp, gsp, bp, ep, scale_arg(scale), skip.const_data_ptr<float>(), ip, p, sp, valid,
-                zero_grads, n_items, n);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            dispatch_bool(avg.has_value(), [&](auto kg) {
+              dispatch_bool(gsam_k.has_value(), [&](auto kk) {
+                constexpr bool kVec = decltype(kv)::value;
+                const int64_t n_items = n / Access<T, kVec>::N;
+                update_kernel<T, kVec, decltype(ka)::value, decltype(kb)::value, decltype(kf)::value,
+                              decltype(km)::value, decltype(kg)::value, decltype(kk)::value>
+                    <<<grid_for(n_items), kThreads, 0, stream>>>(wp, gp, gsp, bp, ep, ap, scale_arg(scale),
+                                                                 skip.const_data_ptr<float>(), ip, kp, p, sp, valid,
+                                                                 zero_grads, n_items, n);
+                C10_CUDA_KERNEL_LAUNCH_CHECK();
+              });
+            });
           });
         });
       });
@@ -169,8 +242,9 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
 }
 
 void restore_cuda(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& skip,
-                  const std::optional<at::Tensor>& g_sgd, const std::optional<at::Tensor>& e) {
-  check_restore_args(w, scale, skip, g_sgd, e);
+                  const std::optional<at::Tensor>& g_sgd, const std::optional<at::Tensor>& e,
+                  const std::optional<at::Tensor>& avg, double dir_g, double dir_avg) {
+  check_restore_args(w, scale, skip, g_sgd, e, avg);
   const int64_t n = w.numel();
   if (n == 0) return;
   c10::cuda::CUDAGuard guard(w.device());
@@ -179,13 +253,62 @@ void restore_cuda(const at::Tensor& w, const at::Tensor& scale, const at::Tensor
     using T = decltype(tag);
     T* wp = w.data_ptr<T>();
     const T* src = e.has_value() ? e->const_data_ptr<T>() : g_sgd->const_data_ptr<T>();
-    dispatch_bool(aligned16(wp) && aligned16(src), [&](auto kv) {
-      dispatch_bool(e.has_value(), [&](auto ka) {
-        constexpr bool kVec = decltype(kv)::value;
-        const int64_t n_items = n / Access<T, kVec>::N;
-        restore_kernel<T, kVec, decltype(ka)::value><<<grid_for(n_items), kThreads, 0, stream>>>(
-            wp, src, scale_arg(scale), skip.const_data_ptr<float>(), n_items, n);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // the average matters only when e is recomputed (a stored e already holds the direction)
+    const T* ap = e.has_value() ? nullptr : opt_ptr<T>(avg);
+    const int source = e.has_value() ? kFromE : ap != nullptr ? kFromDirection : kFromGsgd;
+    auto launch = [&](auto kv, auto src_tag) {
+      constexpr bool kVec = decltype(kv)::value;
+      const int64_t n_items = n / Access<T, kVec>::N;
+      restore_kernel<T, kVec, decltype(src_tag)::value><<<grid_for(n_items), kThreads, 0, stream>>>(
+          wp, src, ap, dir_arg<acc_t<T>>(dir_g, dir_avg), scale_arg(scale), skip.const_data_ptr<float>(), n_items,
+          n);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    dispatch_bool(aligned16(wp) && aligned16(src) && aligned16(ap), [&](auto kv) {
+      if (source == kFromE) {
+        launch(kv, std::integral_constant<int, kFromE>{});
+      } else if (source == kFromDirection) {
+        launch(kv, std::integral_constant<int, kFromDirection>{});
+      } else {
+        launch(kv, std::integral_constant<int, kFromGsgd>{});
+      }
+    });
+  });
+}
+
+void reweight_cuda(const at::Tensor& g, const at::Tensor& g_sgd, const at::Tensor& skip, double alpha, double eps,
+                   const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
+                   const std::optional<at::Tensor>& inv_scale) {
+  check_reweight_args(g, g_sgd, skip, stats, inv_scale);
+  const int64_t n = g.numel();
+  const int64_t valid = valid_count(n_valid, n);
+  const bool mask = alpha != 1.0 || stats.has_value();
+  const bool write = alpha != 1.0 || inv_scale.has_value();  // else g would be written back as it is
+  if (n == 0 || !(mask || write)) return;
+  c10::cuda::CUDAGuard guard(g.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_dtype(g.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    using C = acc_t<T>;
+    T* gp = g.data_ptr<T>();
+    const T* gsp = g_sgd.const_data_ptr<T>();
+    auto* sp = stats.has_value() ? reinterpret_cast<unsigned long long*>(stats->data_ptr<int64_t>()) : nullptr;
+    const float* ip = inv_scale.has_value() ? inv_scale->const_data_ptr<float>() : nullptr;
+    dispatch_bool(aligned16(gp) && aligned16(gsp), [&](auto kv) {
+      dispatch_bool(mask, [&](auto km) {
+        dispatch_bool(write, [&](auto kw) {
+          // decay_t: inside if constexpr, g++ sees the captured tags as references
+          constexpr bool kMask = std::decay_t<decltype(km)>::value, kWrite = std::decay_t<decltype(kw)>::value;
+          if constexpr (kMask || kWrite) {  // (false, false) returned above
+            constexpr bool kVec = std::decay_t<decltype(kv)>::value;
+            const int64_t n_items = n / Access<T, kVec>::N;
+            reweight_kernel<T, kVec, kMask, kWrite>
+                <<<grid_for(n_items), kThreads, 0, stream>>>(gp, gsp, skip.const_data_ptr<float>(), ip,
+                                                             static_cast<C>(alpha), static_cast<C>(eps),
+                                                             alpha != 1.0, sp, valid, n_items, n);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        });
       });
     });
   });
@@ -200,4 +323,6 @@ TORCH_LIBRARY_IMPL(saner_kernels, CUDA, m) {
   m.impl("perturb_", &saner_kernels::cuda::perturb_cuda);
   m.impl("update_", &saner_kernels::cuda::update_cuda);
   m.impl("restore_", &saner_kernels::cuda::restore_cuda);
+  m.impl("gsam_dot_norm", &saner_kernels::cuda::gsam_dot_norm_cuda);
+  m.impl("reweight_", &saner_kernels::cuda::reweight_cuda);
 }

@@ -5,10 +5,11 @@ kernels (AVX2+FMA or the baseline ISA, OpenMP) or to the CUDA C++ kernels (built
 of torch, with nvcc at hand). The registry (``ops/__init__.py``) offers it under the names users pass:
 ``"cpp"`` for CPU tensors, ``"cuda"`` for CUDA tensors.
 
-The wrappers are thin: the names and Python signatures of ``reference.py`` (the contract); the C++ side
-checks the arguments. Importing this module never fails because the extension is missing, stale or
-broken: ``is_available`` says why, with the command that (re)builds it, and ``build_problem`` tells a
-stale or broken build (which ``backend="auto"`` warns about) from a missing one.
+The wrappers are thin: the names and Python signatures of ``reference.py`` (the contract, v3), with
+``UpdateHyper``'s and ``AverageHyper``'s fields passed flat; the C++ side checks the arguments. Importing
+this module never fails because the extension is missing, stale or broken: ``is_available`` says why, with
+the command that (re)builds it, and ``build_problem`` tells a stale or broken build (which
+``backend="auto"`` warns about) from a missing one.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 from torch import Tensor
 
 from .._source_hash import source_hash
-from .hyper import UpdateHyper
+from .hyper import AverageHyper, UpdateHyper
 
-ABI_VERSION = 3  # must equal kAbiVersion in csrc/common.h
+ABI_VERSION = 4  # must equal kAbiVersion in csrc/common.h
 BUILD_HINT = "pip install --no-build-isolation -e .  (or `pip install --no-build-isolation .`)"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -92,14 +93,36 @@ def is_available(device) -> tuple[bool, str]:
     return True, ""
 
 
-def grad_sq_norm(g: Tensor, w: Optional[Tensor] = None) -> Tensor:
-    return torch.ops.saner_kernels.grad_sq_norm(g, w)
+def _average(avg: Optional[Tensor], avg_hyper: Optional[AverageHyper], commit: bool = False) -> dict:
+    """The flat schema arguments of an average (none without one: the schema's defaults mean "no average")."""
+    if (avg is None) != (avg_hyper is None):
+        raise ValueError("avg and avg_hyper go together: give both or neither")
+    if avg is None:
+        return {}
+    flat = dict(avg=avg, dir_g=avg_hyper.dir_g, dir_avg=avg_hyper.dir_avg)
+    if commit:  # update_ also commits avg <- keep * avg + take * g_sgd
+        flat.update(avg_keep=avg_hyper.keep, avg_take=avg_hyper.take)
+    return flat
+
+
+def grad_sq_norm(
+    g: Tensor, w: Optional[Tensor] = None, *, avg: Optional[Tensor] = None, avg_hyper: Optional[AverageHyper] = None
+) -> Tensor:
+    return torch.ops.saner_kernels.grad_sq_norm(g, w, **_average(avg, avg_hyper))
 
 
 def perturb_(
-    w: Tensor, g: Tensor, scale: Tensor, skip: Tensor, *, e: Optional[Tensor] = None, g_sgd: Optional[Tensor] = None
+    w: Tensor,
+    g: Tensor,
+    scale: Tensor,
+    skip: Tensor,
+    *,
+    e: Optional[Tensor] = None,
+    g_sgd: Optional[Tensor] = None,
+    avg: Optional[Tensor] = None,
+    avg_hyper: Optional[AverageHyper] = None,
 ) -> None:
-    torch.ops.saner_kernels.perturb_(w, g, scale, skip, e=e, g_sgd=g_sgd)
+    torch.ops.saner_kernels.perturb_(w, g, scale, skip, e=e, g_sgd=g_sgd, **_average(avg, avg_hyper))
 
 
 def update_(
@@ -117,6 +140,9 @@ def update_(
     stats: Optional[Tensor] = None,
     n_valid: Optional[int] = None,
     inv_scale: Optional[Tensor] = None,
+    avg: Optional[Tensor] = None,
+    avg_hyper: Optional[AverageHyper] = None,
+    gsam_k: Optional[Tensor] = None,
 ) -> None:
     torch.ops.saner_kernels.update_(
         w,
@@ -138,10 +164,40 @@ def update_(
         stats=stats,
         n_valid=n_valid,
         inv_scale=inv_scale,
+        gsam_k=gsam_k,
+        gsam_alpha=hyper.gsam_alpha,
+        **_average(avg, avg_hyper, commit=True),
     )
 
 
 def restore_(
-    w: Tensor, scale: Tensor, skip: Tensor, *, g_sgd: Optional[Tensor] = None, e: Optional[Tensor] = None
+    w: Tensor,
+    scale: Tensor,
+    skip: Tensor,
+    *,
+    g_sgd: Optional[Tensor] = None,
+    e: Optional[Tensor] = None,
+    avg: Optional[Tensor] = None,
+    avg_hyper: Optional[AverageHyper] = None,
 ) -> None:
-    torch.ops.saner_kernels.restore_(w, scale, skip, g_sgd=g_sgd, e=e)
+    torch.ops.saner_kernels.restore_(w, scale, skip, g_sgd=g_sgd, e=e, **_average(avg, avg_hyper))
+
+
+def gsam_dot_norm(g_sgd: Tensor, g: Tensor, w: Optional[Tensor] = None) -> Tensor:
+    return torch.ops.saner_kernels.gsam_dot_norm(g_sgd, g, w)
+
+
+def reweight_(
+    g: Tensor,
+    g_sgd: Tensor,
+    skip: Tensor,
+    alpha: float,
+    eps: float,
+    *,
+    stats: Optional[Tensor] = None,
+    n_valid: Optional[int] = None,
+    inv_scale: Optional[Tensor] = None,
+) -> None:
+    torch.ops.saner_kernels.reweight_(
+        g, g_sgd, skip, alpha=alpha, eps=eps, stats=stats, n_valid=n_valid, inv_scale=inv_scale
+    )
