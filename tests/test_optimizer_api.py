@@ -10,7 +10,7 @@ import torch
 from contract_cases import OPTIMIZER_RTOL
 from plain_loop import PlainLoopSANER
 from torch import nn
-from toy_models import MODELS, batches, loss_fn, max_rel_err, run_saner, twin
+from toy_models import MODELS, assert_unchanged, batches, loss_fn, max_rel_err, run_saner, snapshot, twin
 
 from saner_kernels import SAM, SANER, AlphaScheduler, available_backends
 
@@ -45,21 +45,6 @@ def run_loop(model, loop, data, between=None):
         loop.first_step()
         loss_fn(model, batch).backward()
         loop.second_step()
-
-
-def snapshot(model, opt):
-    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-
-
-def assert_unchanged(model, opt, before):
-    model_sd, opt_sd = before
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, model_sd[k]), k
-    now = opt.state_dict()
-    assert now["state"].keys() == opt_sd["state"].keys()
-    for k, st in now["state"].items():
-        for name, v in st.items():
-            assert torch.equal(v, opt_sd["state"][k][name]), (k, name)
 
 
 # ---------------------------------------------------------------------------------------- resume

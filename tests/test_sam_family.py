@@ -11,7 +11,7 @@ import pytest
 import torch
 from contract_cases import OPTIMIZER_RTOL
 from plain_loop import PlainLoopSANER
-from toy_models import MODELS, batches, loss_fn, max_rel_err, twin
+from toy_models import MODELS, assert_unchanged, batches, loss_fn, max_rel_err, run_saner, snapshot, twin
 
 from saner_kernels import SAM, SANER, available_backends
 
@@ -87,7 +87,7 @@ def test_storage_dtypes(backend, variant, dtype):
 
 def _run_mixed(model, opt, loop_model, loop, batch, loop_dtype):
     x, y = batch
-    run_steps(model, opt, [batch])
+    run_saner(model, opt, [batch])
     loss_fn(loop_model, (x.to(loop_dtype), y)).backward()
     loop.first_step()
     loss_fn(loop_model, (x.to(loop_dtype), y)).backward()
@@ -114,10 +114,10 @@ def test_resume_is_bitwise(backend, variant):
     resumed = twin(model)
     opt = SANER(model.parameters(), backend=backend, **hyper(variant))
     for batch in data:
-        run_steps(model, opt, [batch])
+        run_saner(model, opt, [batch])
 
     opt_a = SANER(resumed.parameters(), backend=backend, **hyper(variant))
-    run_steps(resumed, opt_a, data[:3])
+    run_saner(resumed, opt_a, data[:3])
     saved_model, saved_opt = copy.deepcopy(resumed.state_dict()), copy.deepcopy(opt_a.state_dict())
     keys = {name for st in saved_opt["state"].values() for name in st}
     assert keys == {"momentum_buffer"} | ({"fsam_average"} if variant == "fsam" else set()) | (
@@ -127,33 +127,9 @@ def test_resume_is_bitwise(backend, variant):
     fresh.load_state_dict(saved_model)
     opt_b = SANER(fresh.parameters(), backend=backend, **hyper(variant))
     opt_b.load_state_dict(saved_opt)
-    run_steps(fresh, opt_b, data[3:])
+    run_saner(fresh, opt_b, data[3:])
     for a, b in zip(model.parameters(), fresh.parameters()):
         assert torch.equal(a, b)
-
-
-def run_steps(model, opt, data):
-    for batch in data:
-        loss_fn(model, batch).backward()
-        opt.first_step(zero_grad=True)
-        loss_fn(model, batch).backward()
-        opt.second_step(zero_grad=True)
-
-
-def _snapshot(model, opt):
-    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-
-
-def _assert_same(model, opt, before):
-    model_sd, opt_sd = before
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, model_sd[k]), k
-    now = opt.state_dict()["state"]
-    assert now.keys() == opt_sd["state"].keys()
-    for k, st in now.items():
-        assert st.keys() == opt_sd["state"][k].keys()
-        for name, v in st.items():
-            assert torch.equal(v, opt_sd["state"][k][name]), (k, name)
 
 
 @pytest.mark.parametrize("variant", ["fsam", "vasso", "gsam"])
@@ -164,7 +140,7 @@ def test_a_skipped_step_leaves_weights_and_averages_alone(backend, variant):
     opt = SANER(model.parameters(), backend=backend, **hyper(variant))
     data = batches("mlp", 3)
     for i, batch in enumerate(data):
-        before = _snapshot(model, opt)
+        before = snapshot(model, opt)
         loss_fn(model, batch).backward()
         if i != 1:
             next(model.parameters()).grad[0, 0] = float("inf")
@@ -174,7 +150,7 @@ def test_a_skipped_step_leaves_weights_and_averages_alone(backend, variant):
             warnings.simplefilter("ignore", RuntimeWarning)  # "SANER skipped a step": expected here
             opt.second_step(zero_grad=True)
         if i != 1:
-            _assert_same(model, opt, before)
+            assert_unchanged(model, opt, before)
     assert opt.skipped_steps == 2
 
 
@@ -184,8 +160,8 @@ def test_failed_closure_leaves_the_average_alone(backend, variant):
     model = MODELS["mlp"]()
     opt = SANER(model.parameters(), backend=backend, **hyper(variant))
     data = batches("mlp", 2)
-    run_steps(model, opt, data[:1])
-    before = _snapshot(model, opt)
+    run_saner(model, opt, data[:1])
+    before = snapshot(model, opt)
     loss_fn(model, data[1]).backward()
 
     def closure():
@@ -246,7 +222,7 @@ def test_gsam_with_grad_scaler_equals_unscaled(backend):
                 scaler.unscale_(opt)
             scaler.step(opt)
             scaler.update()
-            run_steps(plain, opt_plain, [batch])
+            run_saner(plain, opt_plain, [batch])
         assert max_rel_err(model, plain) < 1e-5
 
 
@@ -255,8 +231,8 @@ def test_averaging_variants_refuse_a_grad_scaler_and_lose_nothing(variant):
     model = MODELS["mlp"]()
     opt = SANER(model.parameters(), **hyper(variant))
     data = batches("mlp", 2)
-    run_steps(model, opt, data[:1])
-    before = _snapshot(model, opt)
+    run_saner(model, opt, data[:1])
+    before = snapshot(model, opt)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     scaler.scale(loss_fn(model, data[1])).backward()
     opt.first_step(zero_grad=True)
@@ -309,5 +285,5 @@ def test_a_checkpoint_from_before_the_family_takes_the_constructors_variant():
     opt.load_state_dict(sgd.state_dict())
     group = opt.param_groups[0]
     assert (group["variant"], group["sigma"], group["lmbda"], group["theta"]) == ("fsam", 0.5, 0.9, None)
-    run_steps(model, opt, batches("mlp", 2))
+    run_saner(model, opt, batches("mlp", 2))
     assert all("fsam_average" in opt.state[p] for p in model.parameters())

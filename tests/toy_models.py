@@ -69,3 +69,21 @@ def run_saner(model, opt, data, closure_api: bool = False):
             opt.first_step(zero_grad=True)
             loss_fn(model, batch).backward()
             opt.second_step(zero_grad=True)
+
+
+def snapshot(model: nn.Module, opt) -> tuple[dict, dict]:
+    """Copies of the model's and the optimizer's state dicts, for ``assert_unchanged``."""
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+
+def assert_unchanged(model: nn.Module, opt, before: tuple[dict, dict]) -> None:
+    """The model's weights and buffers and every optimizer state tensor are bit-identical to ``before``."""
+    model_sd, opt_sd = before
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, model_sd[k]), k
+    now = opt.state_dict()["state"]
+    assert now.keys() == opt_sd["state"].keys()
+    for k, st in now.items():
+        assert st.keys() == opt_sd["state"][k].keys(), k
+        for name, v in st.items():
+            assert torch.equal(v, opt_sd["state"][k][name]), (k, name)

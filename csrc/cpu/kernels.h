@@ -271,6 +271,20 @@ void restore_range(T* w, const T* src, const Direction<T>& dir, double scale, in
 // Baseline build: ATen's generic Vectorized compares and blends lane by lane through memory (25x slower
 // than this loop), so the update is a plain loop the compiler vectorizes itself. Same expressions;
 // fmadd is a*b + c with two roundings, exactly what ATen's generic vec::fmadd computes.
+
+// One element's Group B reweighting (division-free mask against den = g_sgd + eps, docs/design.md
+// "Numerics"): alpha * g on Group B, else g; counts Groups A and B.
+template <typename C>
+inline C reweighted(C g, C gs, C eps, C alpha, bool use_alpha, int64_t& na, int64_t& nb) {
+  const C den = gs + eps;
+  const bool same = (g > C(0) && den > C(0)) || (g < C(0) && den < C(0));
+  const C gabs = std::abs(g), dabs = std::abs(den);
+  const bool in_b = same && gabs < dabs;
+  na += (same && gabs >= dabs) ? 1 : 0;
+  nb += in_b ? 1 : 0;
+  return use_alpha && in_b ? g * alpha : g;
+}
+
 template <typename T, bool kAdaptive, bool kHasBuf, bool kMask, bool kAvg, bool kGsam>
 void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts) {
   using C = compute_t<T>;
@@ -318,16 +332,7 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCount
       gs = gs * inv;
     }
     if constexpr (kGsam) g = g - (gs - gk * g) * ga;
-    C d = g;
-    if constexpr (kMask) {
-      const C den = gs + eps;
-      const bool same = (g > C(0) && den > C(0)) || (g < C(0) && den < C(0));
-      const C gabs = std::abs(g), dabs = std::abs(den);
-      const bool in_b = same && gabs < dabs;
-      if (use_alpha && in_b) d = g * alpha;
-      na += (same && gabs >= dabs) ? 1 : 0;
-      nb_count += in_b ? 1 : 0;
-    }
+    C d = kMask ? reweighted(g, gs, eps, alpha, use_alpha, na, nb_count) : g;
     if (use_wd) d = wv * wd + d;
     if constexpr (kHasBuf) {
       const C nb = first ? d : d * damp + static_cast<C>(bp[i]) * mu;
@@ -361,16 +366,7 @@ void reweight_range(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupC
       g = g * inv;
       gs = gs * inv;
     }
-    C d = g;
-    if constexpr (kMask) {
-      const C den = gs + eps;
-      const bool same = (g > C(0) && den > C(0)) || (g < C(0) && den < C(0));
-      const C gabs = std::abs(g), dabs = std::abs(den);
-      const bool in_b = same && gabs < dabs;
-      if (use_alpha && in_b) d = g * alpha;
-      na += (same && gabs >= dabs) ? 1 : 0;
-      nb_count += in_b ? 1 : 0;
-    }
+    const C d = kMask ? reweighted(g, gs, eps, alpha, use_alpha, na, nb_count) : g;
     if constexpr (kWrite) gp[i] = static_cast<T>(d);
   }
   if (counts != nullptr) {
