@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import rows
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "device_check.sh"
 
@@ -68,7 +70,9 @@ def test_device_check_dry_run(tmp_path, fake_tests):
     assert any(r["optimizer"].startswith("SANER a=") for r in ok)
     for r in ok:
         assert r["ms"] > 0 and r["gbs"] > 0 and r["vs_sgd_fused"] > 0 and r["n_timed"] >= 3
-        assert r["bytes_per_elem"] == (24 if r["optimizer"].startswith("SGD") else 48)
+        variant = next((v for v in rows.VARIANT_BYTES if r["optimizer"].endswith(f" {v}")), None)
+        floor = rows.VARIANT_BYTES[variant] if variant else (24 if r["optimizer"].startswith("SGD") else 48)
+        assert r["bytes_per_elem"] == floor, r["optimizer"]
         assert r["extra_bytes_per_param"] is None or r["extra_bytes_per_param"] >= 0
     (headline,) = data["headline"]
     assert headline["label"] == "train-loop step incl. zero_grad" and headline["floor_ratio"] == 2.0
