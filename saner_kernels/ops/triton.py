@@ -73,23 +73,27 @@ def _direction(g, avg, dir_g, dir_avg):
 
 
 @triton.jit
-def _group_b(g, g_sgd, eps, offs, pid, keep, n_valid, stats_ptr, BLOCK: tl.constexpr, TRACK_GROUPS: tl.constexpr):
-    """Group B (division-free 0 < g / (g_sgd + eps) < 1, exactly reference.group_masks); with TRACK_GROUPS, adds
-    the block's (#A, #B, #C) over the elements below ``n_valid`` to ``stats`` (none when not ``keep``)."""
+def _group_masks(g, g_sgd, eps):
+    """(same sign, |g| smaller): Group B is both (division-free 0 < g / (g_sgd + eps) < 1, exactly
+    reference.group_masks), Group A the first without the second."""
     den = g_sgd + eps
     same_sign = ((g > 0) & (den > 0)) | ((g < 0) & (den < 0))
-    smaller = tl.abs(g) < tl.abs(den)
-    in_b = same_sign & smaller
-    if TRACK_GROUPS:
-        n_counted = tl.where(keep, n_valid, 0)
-        valid = offs < n_counted
-        n_a = tl.sum((same_sign & ~smaller & valid).to(tl.int32))
-        n_b = tl.sum((in_b & valid).to(tl.int32))
-        n_all = tl.minimum(tl.maximum(n_counted - pid.to(tl.int64) * BLOCK, 0), BLOCK)
-        tl.atomic_add(stats_ptr + 0, n_a.to(tl.int64), sem="relaxed")
-        tl.atomic_add(stats_ptr + 1, n_b.to(tl.int64), sem="relaxed")
-        tl.atomic_add(stats_ptr + 2, n_all.to(tl.int64) - n_a - n_b, sem="relaxed")
-    return in_b
+    return same_sign, tl.abs(g) < tl.abs(den)
+
+
+@triton.jit
+def _count_groups(same_sign, smaller, offs, pid, keep, n_valid, stats_ptr, BLOCK: tl.constexpr):
+    """Adds the block's (#A, #B, #C) over the elements below ``n_valid`` to ``stats`` (none when not ``keep``).
+    Called after the reweighted gradient is formed: with the atomics first, ptxas (CUDA 13, Triton 3.9) gave
+    the tracking update an 8-byte stack frame."""
+    n_counted = tl.where(keep, n_valid, 0)
+    valid = offs < n_counted
+    n_a = tl.sum((same_sign & ~smaller & valid).to(tl.int32))
+    n_b = tl.sum((same_sign & smaller & valid).to(tl.int32))
+    n_all = tl.minimum(tl.maximum(n_counted - pid.to(tl.int64) * BLOCK, 0), BLOCK)
+    tl.atomic_add(stats_ptr + 0, n_a.to(tl.int64), sem="relaxed")
+    tl.atomic_add(stats_ptr + 1, n_b.to(tl.int64), sem="relaxed")
+    tl.atomic_add(stats_ptr + 2, n_all.to(tl.int64) - n_a - n_b, sem="relaxed")
 
 
 @triton.jit
@@ -255,9 +259,11 @@ def _update_kernel(
 
     d = g
     if USE_MASK or TRACK_GROUPS:
-        in_b = _group_b(g, g_sgd, eps, offs, pid, keep, n_valid, stats_ptr, BLOCK, TRACK_GROUPS)
+        same_sign, smaller = _group_masks(g, g_sgd, eps)
         if USE_MASK:
-            d = tl.where(in_b, g * alpha, g)
+            d = tl.where(same_sign & smaller, g * alpha, g)
+        if TRACK_GROUPS:
+            _count_groups(same_sign, smaller, offs, pid, keep, n_valid, stats_ptr, BLOCK)
     if weight_decay != 0.0:
         d = tl.fma(w, weight_decay, d)
 
@@ -355,9 +361,11 @@ def _reweight_kernel(
         g_sgd = tl.load(g_sgd_ptr + offs, mask=step).to(tl.float32)
         if HAS_INV_SCALE:
             g_sgd = g_sgd * inv_scale
-        in_b = _group_b(g, g_sgd, eps, offs, pid, keep, n_valid, stats_ptr, BLOCK, TRACK_GROUPS)
+        same_sign, smaller = _group_masks(g, g_sgd, eps)
         if USE_MASK:
-            g = tl.where(in_b, g * alpha, g)
+            g = tl.where(same_sign & smaller, g * alpha, g)
+        if TRACK_GROUPS:
+            _count_groups(same_sign, smaller, offs, pid, keep, n_valid, stats_ptr, BLOCK)
     if USE_MASK or HAS_INV_SCALE:
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=step)
 
