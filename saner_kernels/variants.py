@@ -26,7 +26,7 @@ HYPERPARAMETERS = {
     "vasso": {"theta": 0.2},
     "gsam": {"gsam_alpha": 0.01},
 }
-ALL_HYPERPARAMETERS = ("sigma", "lmbda", "theta", "gsam_alpha")
+ALL_HYPERPARAMETERS = tuple(name for names in HYPERPARAMETERS.values() for name in names)
 # The per-parameter optimizer state (``optimizer.state[p][key]``) holding a variant's gradient average.
 AVERAGE_STATE_KEYS = {"fsam": "fsam_average", "vasso": "vasso_ema"}
 

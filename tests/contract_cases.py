@@ -53,6 +53,18 @@ VARIANT_SWITCHES = [
     for a, al in itertools.product((False, True), (0.5, 1.0))
 ]
 
+
+def switch_id(sw: dict) -> str:
+    """A readable pytest id for a ``SWITCHES`` entry: the switches that are on, and alpha."""
+    return "-".join(k for k, v in sw.items() if v is True) + f"-a{sw['alpha']}"
+
+
+def variant_switch_id(sw: dict) -> str:
+    """A readable pytest id for a ``VARIANT_SWITCHES`` entry: the average, GSAM, then ``switch_id``."""
+    rest = {k: v for k, v in sw.items() if k not in ("avg", "gsam_alpha")}
+    return f"{sw['avg'] or 'noavg'}-{'gsam' if sw['gsam_alpha'] else 'nogsam'}-" + switch_id(rest)
+
+
 # Per-step tolerances, one table for every backend and the optimizer-level tests: fp32 at rtol 1e-6;
 # 16-bit storage within about one rounding unit.
 TOLERANCES = {

@@ -27,7 +27,9 @@ from contract_cases import (
     no_skip,
     run_step,
     scale_for,
+    switch_id,
     tolerances,
+    variant_switch_id,
 )
 
 from saner_kernels.ops import reference, resolve_backend
@@ -55,10 +57,6 @@ LARGE_SWITCHES += [
     dict(adaptive=False, nesterov=False, first_momentum_step=False, alpha=0.5, track_groups=True, swap=True),
     dict(adaptive=True, nesterov=True, first_momentum_step=True, alpha=0.5, track_groups=True, swap=False),
 ]
-
-
-def _id(sw: dict) -> str:
-    return "-".join(k for k, v in sw.items() if v is True) + f"-a{sw['alpha']}"
 
 
 class Backend:
@@ -125,13 +123,13 @@ def test_grad_sq_norm(backend, n, dtype, adaptive):
 
 
 # --------------------------------------------------------------------------- whole step vs reference
-@pytest.mark.parametrize("switches", SWITCHES, ids=_id)
+@pytest.mark.parametrize("switches", SWITCHES, ids=switch_id)
 @pytest.mark.parametrize("n", SMALL)
 def test_step_every_switch(backend, n, dtype, switches):
     backend.check(n, dtype, switches, seed=7, pad=n // 8)
 
 
-@pytest.mark.parametrize("switches", LARGE_SWITCHES, ids=_id)
+@pytest.mark.parametrize("switches", LARGE_SWITCHES, ids=switch_id)
 @pytest.mark.parametrize("n", LARGE)
 def test_step_long_buckets(backend, n, dtype, switches):
     backend.check(n, dtype, switches, seed=3, pad=n // 8)
@@ -240,7 +238,7 @@ def test_skip_in_the_second_pass_restores_only(backend, dtype, swap):
             assert not got["stats"].any()
 
 
-@pytest.mark.parametrize("switches", SWITCHES[::5], ids=_id)
+@pytest.mark.parametrize("switches", SWITCHES[::5], ids=switch_id)
 def test_update_unscales_both_gradients(backend, dtype, switches):
     """``inv_scale``: GradScaler's scaled gradients (x 2^10 here) are unscaled inside the update."""
     t = backend.tensors(1003, dtype, seed=71)
@@ -344,13 +342,9 @@ def test_arguments_are_checked(backend):
 
 
 # --------------------------------------------------------------------------- the SAM family (contract v3)
-def _variant_id(sw: dict) -> str:
-    return f"{sw['avg'] or 'noavg'}-{'gsam' if sw['gsam_alpha'] else 'nogsam'}-" + _id(
-        {k: v for k, v in sw.items() if k not in ("avg", "gsam_alpha")}
-    )
 
 
-@pytest.mark.parametrize("switches", VARIANT_SWITCHES, ids=_variant_id)
+@pytest.mark.parametrize("switches", VARIANT_SWITCHES, ids=variant_switch_id)
 @pytest.mark.parametrize("n", SMALL)
 def test_step_sam_family(backend, n, dtype, switches):
     """Friendly-SAM / VaSSO averages (direction, norm, commit) and GSAM's decomposition, every backend."""

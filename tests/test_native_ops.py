@@ -31,6 +31,8 @@ from contract_cases import (
     no_skip,
     run_step,
     scale_for,
+    switch_id,
+    variant_switch_id,
 )
 
 import saner_kernels
@@ -44,10 +46,6 @@ TESTS = Path(__file__).resolve().parent
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # setup.py builds the AVX2 kernels into this static library (NATIVE_LIB_DIR) and links it into _C.
 AVX2_LIBRARY = REPO / "build" / "native" / "libsaner_kernels_avx2.a"
-
-
-def _id(sw: dict) -> str:
-    return "-".join(k for k, v in sw.items() if v is True) + f"-a{sw['alpha']}"
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +143,7 @@ def _restore_roundtrip(ops, t: dict, adaptive: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("isa", ["avx2"], indirect=True)
-@pytest.mark.parametrize("switches", SWITCHES, ids=_id)
+@pytest.mark.parametrize("switches", SWITCHES, ids=switch_id)
 def test_avx2_fp32_bit_identical_to_reference(cpp, isa, switches):
     """With ATen's vector ISA (AVX2/AVX512: both fuse torch.add's alpha steps) every fp32 result is exact."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
@@ -157,12 +155,6 @@ def test_avx2_fp32_bit_identical_to_reference(cpp, isa, switches):
             assert torch.equal(got[name], exp[name]), (variant, name)
     adaptive = switches["adaptive"]
     assert torch.equal(_restore_roundtrip(cpp, t, adaptive), _restore_roundtrip(reference, t, adaptive))
-
-
-def _variant_id(sw: dict) -> str:
-    return f"{sw['avg'] or 'noavg'}-{'gsam' if sw['gsam_alpha'] else 'nogsam'}-" + _id(
-        {k: v for k, v in sw.items() if k not in ("avg", "gsam_alpha")}
-    )
 
 
 def _reweight_twice(ops, t: dict, alpha: float) -> dict:
@@ -183,7 +175,7 @@ def _restore_with_average(ops, t: dict, avg: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("isa", ["avx2"], indirect=True)
-@pytest.mark.parametrize("switches", VARIANT_SWITCHES, ids=_variant_id)
+@pytest.mark.parametrize("switches", VARIANT_SWITCHES, ids=variant_switch_id)
 def test_avx2_fp32_sam_family_bit_identical_to_reference(cpp, isa, switches):
     """Contract v3 (averages, GSAM, reweight_): every fp32 result exact on AVX2, as the v2 switches'."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
@@ -203,7 +195,7 @@ def test_avx2_fp32_sam_family_bit_identical_to_reference(cpp, isa, switches):
 
 
 @pytest.mark.parametrize("isa", ["default"], indirect=True)
-@pytest.mark.parametrize("switches", VARIANT_SWITCHES[::3], ids=_variant_id)
+@pytest.mark.parametrize("switches", VARIANT_SWITCHES[::3], ids=variant_switch_id)
 @pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
 def test_baseline_isa_build_sam_family(cpp, isa, dtype, switches):
     """The baseline-ISA update loop with an average and GSAM, and its reweight_ loop."""
@@ -222,7 +214,7 @@ def test_baseline_isa_build_sam_family(cpp, isa, dtype, switches):
 
 
 @pytest.mark.parametrize("isa", ["default"], indirect=True)
-@pytest.mark.parametrize("switches", SWITCHES[::5], ids=_id)
+@pytest.mark.parametrize("switches", SWITCHES[::5], ids=switch_id)
 @pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
 @pytest.mark.parametrize("n", (1024, 65536 + 77))
 def test_baseline_isa_build(cpp, isa, n, dtype, switches):
