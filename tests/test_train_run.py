@@ -12,7 +12,7 @@ import torch.nn as nn
 pytest.importorskip("sklearn")
 
 from saner_kernels.train.__main__ import main, prepare_data  # noqa: E402
-from saner_kernels.train.engine import BnStatsSnapshot, Config, Run, frozen_bn_stats, lr_at  # noqa: E402
+from saner_kernels.train.engine import BnStatsSnapshot, Config, Run, lr_at  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -159,7 +159,7 @@ def test_lr_schedule_and_bn_freeze():
     bn = nn.BatchNorm2d(3)
     bn.train()
     x = torch.randn(4, 3, 2, 2) * 3 + 1
-    with frozen_bn_stats(bn):
+    with BnStatsSnapshot(bn).frozen():
         y = bn(x)
     assert torch.equal(bn.running_mean, torch.zeros(3)) and int(bn.num_batches_tracked) == 0
     assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)  # batch statistics used

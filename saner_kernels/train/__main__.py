@@ -19,192 +19,35 @@ from typing import Optional
 
 import torch
 
-from ..variants import VARIANTS
+from .. import available_backends
 from .checkpoint import UnsafeCheckpointError
 from .cifar_n import CIFAR_N_FILES, DEFAULT_KEYS, load_human_labels
-from .data import DATASETS, DataError, DeviceData, load_dataset
-from .distributed import DDP_MODES, Dist, init_distributed, shutdown
-from .engine import AMP_MODES, OPTIMIZERS, Config, Run, resolve_device, run_name
+from .config import DATA, DATASET_DEFAULTS, MODEL, RUN, Config, add_config_arguments, config_values
+from .data import DataError, DeviceData, load_dataset
+from .distributed import Dist, init_distributed, shutdown
+from .engine import OPTIMIZERS, Run, resolve_device, run_name
 from .folders import FOLDER_DATASETS, PRESETS, load_folder_dataset
-from .noise import CIFAR100_ASYM_DEFAULT, CIFAR100_ASYM_VARIANTS, NOISE_TYPES, make_noisy_labels
+from .noise import make_noisy_labels
 from .report import format_table, plot_curves, summary_rows
 from .streaming import StreamingData
 
-# Per-dataset defaults for the flags left unset. digits: the demo, sized for a few CPU minutes. Image folders:
-# the authors' schedule (200 epochs; 120 for Mini-WebVision), 4 decoding workers as in their loaders.
-_IN_MEMORY = dict(
-    epochs=200,
-    k=50,
-    batch_size=128,
-    augment=True,
-    compare=None,
-    threads=None,
-    noise="sym",
-    workers=0,
-    eval_batch_size=1000,
-)
-_FOLDERS = dict(_IN_MEMORY, workers=4, eval_batch_size=256)
-DATASET_DEFAULTS = {
-    "digits": dict(
-        _IN_MEMORY, model="smallcnn", epochs=60, k=15, batch_size=64, augment=False, compare="sgd,sam,saner", threads=1
-    ),
-    "cifar10": dict(_IN_MEMORY, model="wrn28-10"),
-    "cifar100": dict(_IN_MEMORY, model="wrn28-10"),
-    "imagefolder": dict(_FOLDERS, model="resnet18"),
-    "animal10n": dict(_FOLDERS, model="resnet18", noise="none"),  # its labels are the noise
-    "miniwebvision": dict(_FOLDERS, model="resnet50", epochs=120, noise="none", eval_batch_size=100),
-    "tinyimagenet": dict(_FOLDERS, model="resnet18"),
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
+    """The run's options (one flag per ``Config`` field, ``config.py``) and the invocation's own."""
     p = argparse.ArgumentParser(
         prog="saner-train",
         description="Train on noisy labels with SGD, SAM or SANER and measure memorisation. "
         "No arguments: the digits demo comparing sgd,sam,saner (40% symmetric noise).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    a = p.add_argument_group("data and noise")
-    a.add_argument(
-        "--dataset",
-        choices=DATASETS + FOLDER_DATASETS,
-        default="digits",
-        help="image folders: imagefolder (ROOT/train/<class>/ and ROOT/val/ or ROOT/test/), animal10n, "
-        "miniwebvision, tinyimagenet (the layouts of the official releases; see the README)",
-    )
-    a.add_argument(
-        "--data-dir",
-        default="data",
-        help="folder holding cifar-10-batches-py/ or cifar-100-python/ (python-pickle release), or the "
-        "image folder's splits (or the dataset's own folder: Animal-10N/, tiny-imagenet-200/)",
-    )
-    a.add_argument(
-        "--noise",
-        choices=NOISE_TYPES + ("human",),
-        default=None,
-        help="sym: exactly int(rate*N) labels moved to a uniformly random other class; asym: CIFAR-10 "
-        "class map / CIFAR-100 next class (see --asym100); idn: instance-dependent (Xia et al. 2020); "
-        "human: CIFAR-N labels (see --human-labels); none. Default: sym, and none for animal10n and "
-        "miniwebvision, whose labels are real-world noise",
-    )
-    a.add_argument(
-        "--human-labels",
-        default=None,
-        help="--noise human: CIFAR-N label file (default: <data-dir>/CIFAR-10_human.pt or "
-        "CIFAR-100_human.pt, from github.com/UCSC-REAL/cifar-10-100n)",
-    )
-    a.add_argument(
-        "--human-key",
-        default=None,
-        help="--noise human: label set of the file: worse_label (default for CIFAR-10N), aggre_label, "
-        "random_label1..3, clean_label; noisy_label (default for CIFAR-100N)",
-    )
-    a.add_argument("--noise-rate", type=float, default=0.4)
-    a.add_argument(
-        "--asym100",
-        choices=CIFAR100_ASYM_VARIANTS,
-        default=CIFAR100_ASYM_DEFAULT,
-        help="CIFAR-100 asymmetric map: block = next class within each block of 5 (Patrini et al.); "
-        "cyclic = (y+1) mod 100 (the SANER paper's code)",
-    )
-    a.add_argument(
-        "--augment",
-        dest="augment",
-        action="store_true",
-        default=None,
-        help="random crop (4-pixel padding; 8 for 64-pixel folders; random resized crop for miniwebvision) "
-        "+ horizontal flip on the device (default: on, off for digits)",
-    )
-    a.add_argument("--no-augment", dest="augment", action="store_false")
-    a.add_argument(
-        "--image-size",
-        type=int,
-        default=0,
-        help="image folders: side the images are resized to (0: the dataset's, 64; 224 for miniwebvision)",
-    )
-    a.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="image folders: DataLoader worker processes decoding the files (default 4; 0: in the training process)",
-    )
-    m = p.add_argument_group("model and optimizer")
-    m.add_argument(
-        "--model",
-        default=None,
-        help="smallcnn, wrn28-10, wrn40-2, wrn16-8 (any wrnD-K), resnet18, resnet34, densenet121 (CIFAR "
-        "variants, also for 64-pixel folders), resnet50, resnet18-imagenet (224 pixels) (default: "
-        "smallcnn for digits, wrn28-10 for CIFAR, resnet50 for miniwebvision, resnet18 otherwise)",
-    )
-    m.add_argument("--width", type=int, default=32, help="smallcnn base width")
-    m.add_argument("--dropout", type=float, default=0.0, help="Wide-ResNet dropout")
+    groups = {name: p.add_argument_group(name) for name in (DATA, MODEL, RUN)}
+    add_config_arguments(groups)
+    m, r = groups[MODEL], groups[RUN]
     m.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="a single run (default for CIFAR: saner)")
     m.add_argument(
         "--compare",
         default=None,
         help="comma-separated optimizers run with the same data, noise and seed (default for digits: sgd,sam,saner)",
-    )
-    m.add_argument("--backend", default="auto", help="SAM/SANER kernel backend: auto, reference, cpp, cuda, triton")
-    m.add_argument("--epochs", type=int, default=None, help="default: 60 digits, 200 CIFAR")
-    m.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="the global batch: under torchrun each of the N processes trains on its 1/N share of it, and the "
-        "ranks together see exactly the batches one process sees (default: 64 digits, 128 CIFAR)",
-    )
-    m.add_argument("--lr", type=float, default=0.1)
-    m.add_argument("--milestones", default="0.5,0.75", help="lr decay points as fractions of the epochs")
-    m.add_argument("--lr-gamma", type=float, default=0.1)
-    m.add_argument("--momentum", type=float, default=0.9)
-    m.add_argument("--weight-decay", type=float, default=5e-4)
-    m.add_argument("--nesterov", action="store_true")
-    m.add_argument("--dampening", type=float, default=0.0)
-    m.add_argument("--rho", type=float, default=0.1)
-    m.add_argument("--alpha", type=float, default=0.5, help="SANER's Group B weight (target of the schedule)")
-    m.add_argument(
-        "--k",
-        type=int,
-        default=None,
-        help="epochs of the linear alpha schedule 1 -> alpha (0: target from the start; default: 15 digits, 50 CIFAR)",
-    )
-    m.add_argument("--adaptive", action="store_true", help="adaptive (ASAM-style) perturbation")
-    m.add_argument(
-        "--variant",
-        choices=VARIANTS,
-        default="sam",
-        help="the perturbation of sam and saner: sam (SAM's own), fsam (Friendly-SAM: less the gradient "
-        "average), vasso (VaSSO: along a gradient average), gsam (GSAM: surrogate-gap ascent in the update); "
-        "runs are named after it (saner-fsam)",
-    )
-    m.add_argument("--sigma", type=float, default=1.0, help="--variant fsam: weight of the gradient average removed")
-    m.add_argument("--lmbda", type=float, default=0.9, help="--variant fsam: momentum of the gradient average")
-    m.add_argument("--theta", type=float, default=0.2, help="--variant vasso: the new gradient's weight in the average")
-    m.add_argument("--gsam-alpha", type=float, default=0.01, help="--variant gsam: weight of the surrogate-gap ascent")
-    m.add_argument("--eps", type=float, default=1e-8)
-    m.add_argument(
-        "--bn-stats",
-        choices=("first", "second"),
-        default="first",
-        help="which SAM/SANER forward pass updates BatchNorm running statistics (second = the paper code's choice)",
-    )
-    r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    r.add_argument(
-        "--amp",
-        choices=AMP_MODES,
-        default="none",
-        help="autocast the forward passes: bf16 (recommended where supported; no loss scaling needed), or fp16 "
-        "with the stock torch.amp.GradScaler (its scale and the skipped steps are logged per epoch)",
-    )
-    r.add_argument("--channels-last", action="store_true")
-    r.add_argument("--compile", action="store_true", help="torch.compile the model")
-    r.add_argument(
-        "--compile-backend",
-        default="inductor",
-        help="--compile: torch.compile's backend (inductor, its default; aot_eager traces and runs the same graphs "
-        "without generating code: quick to compile, for tests and debugging)",
     )
     r.add_argument(
         "--threads",
@@ -213,19 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default: 1 for digits, whose tiny convolutions run slower with more "
         "threads on a busy machine; torch's default otherwise)",
     )
-    r.add_argument(
-        "--eval-batch-size",
-        type=int,
-        default=None,
-        help="batch of the accuracy passes (default: 1000 in memory, 256 image folders, 100 miniwebvision)",
-    )
-    r.add_argument(
-        "--groups-every",
-        type=int,
-        default=10,
-        help="read the A/B/C group fractions every N steps (a host sync); 0: never",
-    )
-    r.add_argument("--out", default=None, help="output folder (default: runs/<dataset>-<noise><rate>-<model>-s<seed>)")
     r.add_argument(
         "--resume",
         action="store_true",
@@ -238,15 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EPOCHS",
         help="stop after this many epochs in this invocation (time-limited job slots); continue with --resume",
     )
-    r.add_argument(
-        "--ddp-mode",
-        choices=DDP_MODES,
-        default="global",
-        help="under torchrun: global = DDP as usual, both backward passes all-reduced, equal to one process on "
-        "the global batch (BatchNorm over the global batch); local = per-replica SAM/SANER (m-sharpness): "
-        "each rank perturbs and masks with its own shard's gradients, the reweighted gradients are averaged; "
-        "BatchNorm per replica; sgd runs as plain DDP in both",
-    )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     return p
@@ -254,10 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args) -> tuple[Config, list[str]]:
     dd = DATASET_DEFAULTS[args.dataset]
-
-    def pick(v, key):
-        return dd[key] if v is None else v
-
     if args.optimizer and args.compare:
         raise SystemExit("give either --optimizer or --compare, not both")
     if args.compare:
@@ -271,65 +88,20 @@ def config_from_args(args) -> tuple[Config, list[str]]:
         raise SystemExit(f"--compare: optimizers must be distinct names from {OPTIMIZERS}, got {names}")
     if args.variant != "sam" and not any(n in ("sam", "saner") for n in names):
         raise SystemExit(f"--variant {args.variant} is a perturbation of sam and saner; this run has only {names}")
-    noise = pick(args.noise, "noise")
+    values = config_values(args)
+    noise, model = values["noise"], values["model"]
     check_data_flags(args, noise)
-    model = pick(args.model, "model")
-    human_labels = ""
+    values["human_key"] = args.human_key or ""
+    values["human_labels"] = ""
     if noise == "human":
-        human_labels = args.human_labels or os.path.join(args.data_dir, CIFAR_N_FILES[args.dataset])
-    if noise == "human":
+        values["human_labels"] = args.human_labels or os.path.join(args.data_dir, CIFAR_N_FILES[args.dataset])
         noise_tag = f"human-{args.human_key or DEFAULT_KEYS[args.dataset]}"
     elif args.dataset in FOLDER_DATASETS and not PRESETS[args.dataset].clean_labels:
         noise_tag = "realnoise"
     else:
         noise_tag = f"{noise}{args.noise_rate:g}"
-    cfg = Config(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        model=model,
-        width=args.width,
-        dropout=args.dropout,
-        noise=noise,
-        noise_rate=args.noise_rate,
-        asym100=args.asym100,
-        human_labels=human_labels,
-        human_key=args.human_key or "",
-        image_size=args.image_size,
-        workers=pick(args.workers, "workers"),
-        eval_batch_size=pick(args.eval_batch_size, "eval_batch_size"),
-        epochs=pick(args.epochs, "epochs"),
-        batch_size=pick(args.batch_size, "batch_size"),
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        nesterov=args.nesterov,
-        dampening=args.dampening,
-        rho=args.rho,
-        alpha=args.alpha,
-        k=pick(args.k, "k"),
-        adaptive=args.adaptive,
-        eps=args.eps,
-        milestones=tuple(float(s) for s in args.milestones.split(",") if s.strip()),
-        lr_gamma=args.lr_gamma,
-        backend=args.backend,
-        bn_stats=args.bn_stats,
-        augment=pick(args.augment, "augment"),
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        compile_backend=args.compile_backend,
-        groups_every=args.groups_every,
-        variant=args.variant,
-        sigma=args.sigma,
-        lmbda=args.lmbda,
-        theta=args.theta,
-        gsam_alpha=args.gsam_alpha,
-        ddp_mode=args.ddp_mode,
-        out=args.out or os.path.join("runs", f"{args.dataset}-{noise_tag}-{model}-s{args.seed}"),
-    )
-    return cfg, names
+    values["out"] = args.out or os.path.join("runs", f"{args.dataset}-{noise_tag}-{model}-s{args.seed}")
+    return Config(**values), names
 
 
 def check_data_flags(args, noise: str) -> None:
@@ -375,10 +147,6 @@ def check_flags(cfg: Config, device: torch.device, names: list[str], dist: Optio
             f"corrupt: use --amp bf16 (or --variant sam/gsam with --amp fp16)"
         )
     if cfg.backend != "auto" and any(n in ("sam", "saner") for n in names):
-        try:
-            from saner_kernels import available_backends
-        except ImportError as exc:
-            raise SystemExit(f"--backend {cfg.backend}: saner_kernels optimizers are not importable ({exc})") from exc
         status = available_backends(device)
         if cfg.backend not in status:
             raise SystemExit(f"--backend {cfg.backend!r} unknown; choose auto or one of {sorted(status)}")

@@ -18,13 +18,11 @@ size, and ``--resume`` refuses another one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from .. import SAM, SANER, AlphaScheduler
 from ..variants import HYPERPARAMETERS as variant_hyperparameters
 from .checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
+from .config import AMP_MODES, RESUME_KEYS, Config
 from .data import DeviceData
 from .distributed import DDP_MODES, Dist, global_batchnorm
 from .models import build_model
@@ -41,96 +40,7 @@ from .report import JsonlLog
 from .streaming import StreamingData
 
 OPTIMIZERS = ("sgd", "sam", "saner")
-AMP_MODES = ("none", "bf16", "fp16")
 CKPT_VERSION = 1
-
-
-@dataclass
-class Config:
-    dataset: str = "digits"
-    data_dir: str = "data"
-    model: str = "smallcnn"
-    width: int = 32
-    dropout: float = 0.0
-    noise: str = "sym"
-    noise_rate: float = 0.4
-    asym100: str = "block"
-    human_labels: str = ""  # CIFAR-N label file (--noise human)
-    human_key: str = ""  # its label set ("" = the paper's: worse_label / noisy_label)
-    image_size: int = 0  # image folders: decoded side in pixels (0 = the dataset preset's)
-    workers: int = 0  # image folders: DataLoader worker processes decoding the files
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    dampening: float = 0.0
-    rho: float = 0.1
-    alpha: float = 0.5
-    k: int = 50
-    adaptive: bool = False
-    eps: float = 1e-8
-    milestones: tuple = (0.5, 0.75)
-    lr_gamma: float = 0.1
-    backend: str = "auto"
-    bn_stats: str = "first"
-    augment: bool = True
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-    compile_backend: str = "inductor"  # torch.compile's default; the tests use aot_eager (no C++ compile)
-    groups_every: int = 10
-    eval_batch_size: int = 1000
-    out: str = "runs/default"
-    variant: str = "sam"  # SAM/SANER's perturbation: sam, fsam (Friendly-SAM), vasso, gsam
-    sigma: float = 1.0  # fsam: weight of the gradient average removed from the perturbation direction
-    lmbda: float = 0.9  # fsam: the average's momentum
-    theta: float = 0.2  # vasso: the average's weight of the new gradient
-    gsam_alpha: float = 0.01  # gsam: weight of the surrogate-gap ascent
-    ddp_mode: str = "global"  # under torchrun: global (DDP all-reduces both passes) or local (per-replica)
-
-    # fields that must match for --resume to continue a checkpoint
-    RESUME_KEYS = (
-        "dataset",
-        "model",
-        "width",
-        "noise",
-        "noise_rate",
-        "asym100",
-        "human_key",
-        "image_size",
-        "epochs",
-        "batch_size",
-        "lr",
-        "momentum",
-        "weight_decay",
-        "nesterov",
-        "dampening",
-        "rho",
-        "alpha",
-        "k",
-        "adaptive",
-        "eps",
-        "milestones",
-        "lr_gamma",
-        "bn_stats",
-        "augment",
-        "seed",
-        "variant",
-        "sigma",
-        "lmbda",
-        "theta",
-        "gsam_alpha",
-        "ddp_mode",
-    )
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
 
 
 def resolve_device(name: str) -> torch.device:
@@ -247,12 +157,6 @@ class BnStatsSnapshot:
             self.restore()
 
 
-def frozen_bn_stats(model: nn.Module, freeze: bool = True):
-    """BatchNorm layers normalise with the batch statistics, and running_mean/var and num_batches_tracked are
-    as they were before the block when it ends (a snapshot restored: see ``BnStatsSnapshot``)."""
-    return BnStatsSnapshot(model).frozen(freeze)
-
-
 class Progress:
     """A minimal progress bar on stderr (only when it is a terminal)."""
 
@@ -366,8 +270,6 @@ class Run:
         self.forward_model = train_model
         self.eval_model = self.model  # evaluation: the module itself, no DDP wrapper (no collective)
         if cfg.compile:
-            if not hasattr(torch, "compile"):
-                raise SystemExit("--compile needs torch.compile (PyTorch >= 2.0)")
             try:
                 self.forward_model = torch.compile(train_model, backend=cfg.compile_backend)
             except RuntimeError as exc:  # torch._dynamo's InvalidBackend: says where the valid names are
@@ -435,7 +337,7 @@ class Run:
         saved = ck["config"]
         now = self.cfg.to_dict()
         default = Config().to_dict()  # a key that an older checkpoint lacks had its default value then
-        diff = [k for k in Config.RESUME_KEYS if saved.get(k, default[k]) != now.get(k)]
+        diff = [k for k in RESUME_KEYS if saved.get(k, default[k]) != now.get(k)]
         if diff or ck.get("optimizer_name") != self.opt_name:
             raise SystemExit(
                 f"--resume: {self.ckpt_path} was written with different settings "
