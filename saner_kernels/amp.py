@@ -17,7 +17,7 @@ The group is withdrawn by the second step (or by undoing a failed closure).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -61,9 +61,26 @@ class ScalerBridge:
         return self._sentinels[device].grad[0]
 
 
-def scaler_inputs(optimizer) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """(grad_scale, found_inf) that ``GradScaler.step`` sets on the optimizer for this call, or Nones.
+class Unscaling(NamedTuple):
+    """What ``GradScaler.step`` asks of this second step: its overflow flag, and the ``1/scale`` the update
+    unscales both gradients by (None after ``scaler.unscale_(optimizer)``: they are unscaled already)."""
 
-    ``grad_scale`` is None after ``scaler.unscale_(optimizer)``: the gradients are unscaled already.
-    """
-    return getattr(optimizer, "grad_scale", None), getattr(optimizer, "found_inf", None)
+    found_inf: Tensor
+    inv_scale: Optional[Tensor]
+    bridge: ScalerBridge
+
+    def inv_scale_on(self, device: torch.device) -> Optional[Tensor]:
+        return self.inv_scale.to(device) if self.inv_scale is not None else None
+
+    def applied_factor(self, device: torch.device) -> Tensor:
+        return self.bridge.applied_factor(device)
+
+
+def unscaling(optimizer, bridge: ScalerBridge) -> Optional[Unscaling]:
+    """The ``grad_scale`` and ``found_inf`` that ``GradScaler.step`` set on the optimizer for this call, or None
+    when no scaler is stepping it. ``1/scale`` is computed once per step, as GradScaler computes it."""
+    grad_scale, found_inf = getattr(optimizer, "grad_scale", None), getattr(optimizer, "found_inf", None)
+    if found_inf is None:
+        return None
+    inv_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
+    return Unscaling(found_inf, inv_scale, bridge)

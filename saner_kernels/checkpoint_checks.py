@@ -1,0 +1,65 @@
+"""Checks of an optimizer ``state_dict`` before it is loaded (docs/design.md, "Bad input").
+
+torch's ``Optimizer.load_state_dict`` checks the number of groups and of parameters per group, then replaces
+the state; it does not compare a state tensor's shape with its parameter's, so momentum saved from another
+model is accepted (broadcast, or failing only at the first step). Everything here runs before anything is
+loaded, so a refused checkpoint leaves the optimizer exactly as it was.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+from torch import Tensor
+
+from .bucket_set import FLAT_STATE_KEYS
+
+
+def check_loadable(param_groups: list, state_dict: dict, resolve: Callable[[dict, list, list], dict]) -> None:
+    """Refuse ``state_dict`` unless it fits ``param_groups``: same groups and parameter counts, every
+    per-parameter state tensor of its parameter's shape and a floating dtype, every group's hyperparameters
+    valid (``resolve(saved_group, params, groups_resolved_so_far)`` validates one). Warn when a group's
+    variant differs: the checkpoint's hyperparameters win, as in torch."""
+    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+        raise ValueError(
+            "not an optimizer state_dict (expected a dict with 'state' and 'param_groups'): pass "
+            "optimizer.state_dict() as saved, not a model's state_dict"
+        )
+    saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+    if len(saved_groups) != len(param_groups):
+        raise ValueError(
+            f"the checkpoint has {len(saved_groups)} parameter groups, this optimizer {len(param_groups)}: was it "
+            "saved from an optimizer built the same way?"
+        )
+    resolved = []
+    for gi, (group, saved) in enumerate(zip(param_groups, saved_groups)):
+        params = group["params"]
+        if len(saved["params"]) != len(params):
+            raise ValueError(
+                f"group {gi} of the checkpoint has {len(saved['params'])} parameters, this optimizer's "
+                f"{len(params)}: was it saved from another model?"
+            )
+        for pi, (p, index) in enumerate(zip(params, saved["params"])):
+            for key, value in saved_state.get(index, {}).items():
+                if key in FLAT_STATE_KEYS:
+                    _check_state_tensor(gi, pi, p, key, value)
+        resolved.append(resolve(saved, params, resolved))
+        if saved.get("variant", group["variant"]) != group["variant"]:
+            warnings.warn(
+                f"group {gi}: the checkpoint's variant is {saved['variant']!r}, this optimizer's {group['variant']!r}; "
+                "the checkpoint's variant and hyperparameters are loaded (as torch loads every hyperparameter)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _check_state_tensor(gi: int, pi: int, p: Tensor, key: str, value) -> None:
+    where = f"parameter {pi} of group {gi} (shape {tuple(p.shape)})"
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        raise ValueError(f"the checkpoint's {key!r} for {where} is not a floating-point tensor: {type(value).__name__}")
+    if value.shape != p.shape:
+        raise ValueError(
+            f"the checkpoint's {key!r} for {where} has shape {tuple(value.shape)}: the checkpoint was saved from "
+            "another model (or another parameter order). Nothing was loaded."
+        )
