@@ -187,11 +187,20 @@ def check_sparse(param_groups: list) -> None:
                 )
 
 
-def zero_unbucketed_grads(param_groups: list, bucketed: set[int]) -> None:
-    """Zero-size parameters are not bucketed; a zeroing step zeroes their grads too."""
+def zero_unbucketed_grads(param_groups: list, bucketed: set[int], set_to_none: bool = False) -> None:
+    """Zero the gradients the buckets do not hold (zero-size parameters, or all before the first step), as
+    ``torch.optim.Optimizer.zero_grad`` does."""
     for group in param_groups:
         for p in group["params"]:
-            if p.grad is not None and id(p) not in bucketed:
+            if p.grad is None or id(p) in bucketed:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
                 p.grad.zero_()
 
 

@@ -18,8 +18,9 @@ from . import ops, two_step, variants
 from .amp import ScalerBridge, is_g_sgd_group, unscaling
 from .bucket_set import BucketSet, check_sparse, zero_unbucketed_grads
 from .checkpoint_checks import check_loadable
+from .group_stats import GroupStats
 from .hyperparameters import check_group, check_numbers
-from .replicas import DDP_MODES, ReplicaSync, check_not_sharded, sum_over_ranks_
+from .replicas import DDP_MODES, ReplicaSync, check_not_sharded
 from .skip_counter import SkipCounter
 
 _STEP_API_HELP = (
@@ -103,7 +104,7 @@ class SANER(torch.optim.Optimizer):
         self._replicas: Optional[ReplicaSync] = None
         self._step_state: Optional[two_step.StepState] = None  # set by first_step, cleared by second_step
         self._skips = SkipCounter()
-        self._group_counts: Optional[tuple] = None  # (per-device A/B/C counts, the step's skip flag)
+        self._group_stats = GroupStats()
         self._scaler_bridge = ScalerBridge()  # g_SGD seen by a GradScaler between the two steps
         self._buckets = BucketSet(backend)
         super().__init__(params, defaults)
@@ -183,19 +184,7 @@ class SANER(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero gradients. Bucketed gradients are zeroed in place whatever ``set_to_none`` says."""
         self._buckets.zero_grad()
-        bucketed = self._buckets.bucketed_ids()
-        for group in self._user_groups():  # the g_SGD group between the two steps holds no user gradients
-            for p in group["params"]:
-                if p.grad is None or id(p) in bucketed:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:  # torch.optim.Optimizer.zero_grad's in-place branch
-                    if p.grad.grad_fn is not None:
-                        p.grad.detach_()
-                    else:
-                        p.grad.requires_grad_(False)
-                    p.grad.zero_()
+        zero_unbucketed_grads(self._user_groups(), self._buckets.bucketed_ids(), set_to_none=set_to_none)
 
     @property
     def skipped_steps(self) -> int:
@@ -269,7 +258,7 @@ class SANER(torch.optim.Optimizer):
             count_groups=self.track_groups,
         )
         if self.track_groups:
-            self._group_counts = (counts, step.skip)
+            self._group_stats.record(counts, step.skip)
         self._step_state = None
         self._opt_called = True  # what a torch LR scheduler checks: second_step() is the optimizer step
         self._skips.poll()
@@ -318,18 +307,7 @@ class SANER(torch.optim.Optimizer):
         """
         if not self.track_groups:
             raise RuntimeError("group statistics are off: construct the optimizer with track_groups=True")
-        if self._group_counts is None:
-            raise RuntimeError("no second_step() has run yet, so there are no group statistics")
-        per_device, skip = self._group_counts
-        nan = {"A": float("nan"), "B": float("nan"), "C": float("nan")}
-        if skip is None or bool(skip):  # no parameters, or the step was skipped
-            return nan
-        counts = sum(c.to(per_device[0].device) for c in per_device)
-        if all_ranks:
-            sum_over_ranks_(counts, self._ddp.process_group if self._ddp is not None else None)
-        counts = counts.cpu()
-        total = int(counts.sum())
-        return {name: int(c) / total for name, c in zip("ABC", counts)} if total else nan
+        return self._group_stats.fractions(all_ranks, self._ddp.process_group if self._ddp is not None else None)
 
     def buckets(self) -> list:
         """The flat buckets (built at the first step), for inspection and benchmarks."""
