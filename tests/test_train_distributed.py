@@ -6,7 +6,9 @@
 - ``--stop-after 1`` then ``--resume`` at the same world size continues bit for bit; ``--resume`` at another
   world size is refused with a clear error, in one process and under torchrun (every rank exits, none hangs);
 - local mode runs end to end and is not global mode;
-- ``--variant`` in single mode (one epoch): the run is named after it and the optimizer holds it.
+- ``--variant`` in single mode (one epoch): the run is named after it and the optimizer holds it;
+- local mode with fsam/vasso killed with SIGKILL during epoch 3 and resumed ends bit for bit where the
+  uninterrupted run ends (each rank gets its own gradient average back).
 
 Tolerances. The two runs compute the same function, but the global batch's gradient is summed in another order
 (two shards, then an all-reduce), so they differ by fp32 round-off at the first step, and training amplifies it:
@@ -26,6 +28,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -59,7 +62,7 @@ def torchrun(args: list[str], nproc: int = 2) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its ranks: the session started for them
+        kill_and_wait(descendants(proc.pid)[::-1] + [proc.pid])  # torchrun and its ranks
         out, _ = proc.communicate()
         pytest.fail(f"torchrun did not finish within {TIMEOUT_S} s (a hang?):\n{out[-4000:]}")
     return proc.returncode, out
@@ -253,3 +256,82 @@ def test_streaming_data_shards_make_the_batches(tmp_path, dataset):
     data = StreamingData(ds, ds.y_train, torch.device("cpu"), augment=True)
     assert data.n_train == 12  # batches of 5, 5, 2: the last leaves one of the 3 ranks without an example
     assert_shards_make_the_batches(data, 5, world=3)
+
+
+# --- local mode: each rank's own gradient average survives a kill -----------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (torchrun's ranks may leave its process group)."""
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            for child in map(int, f.read().split()):
+                out += [child, *descendants(child)]
+    return out
+
+
+def kill_and_wait(pids: list[int], timeout_s: float = 30.0) -> None:
+    """SIGKILL to each of ``pids``; returns once none of them runs any more."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError):
+                if open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z":
+                    break  # dead, not yet reaped
+            time.sleep(0.01)
+
+
+def torchrun_killed_in_epoch(args: list[str], run_dir, epoch: int, nproc: int = 2) -> int:
+    """Starts ``saner-train`` under torchrun and kills torchrun and its ranks with SIGKILL as soon as rank 0 has
+    logged ``epoch - 1`` epochs, that is during epoch ``epoch``. Returns the epochs the checkpoint holds then."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd += ["-m", "saner_kernels.train", *args]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    log_path = os.path.join(run_dir, "log.jsonl")
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.isfile(log_path) and sum('"type": "epoch"' in s for s in open(log_path)) >= epoch - 1:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail(f"the launch ended or ran past {TIMEOUT_S} s before epoch {epoch} (exit {proc.poll()})")
+    finally:
+        kill_and_wait(descendants(proc.pid)[::-1] + [proc.pid])
+        proc.wait()
+    return torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["epoch"]
+
+
+@pytest.mark.parametrize("variant", ["fsam", "vasso"])
+def test_local_mode_killed_and_resumed_ends_bit_for_bit(tmp_path, variant):
+    """In local mode each rank keeps its own gradient average (``fsam_average`` / ``vasso_ema``): a resumed rank
+    must get its own back, not rank 0's, or the run ends elsewhere than the uninterrupted one."""
+    args = [a for a in COMMON if a != "--quiet"]  # the resumed run says where it resumed
+    args += ["--epochs", "3", "--optimizer", "saner", "--variant", variant, "--ddp-mode", "local"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    code, out = torchrun(args + ["--out", str(full)])
+    assert code == 0, out[-4000:]
+    assert torchrun_killed_in_epoch(args + ["--out", str(cut)], cut / f"saner-{variant}", epoch=3) == 2
+    code, out = torchrun(args + ["--out", str(cut), "--resume"])
+    assert code == 0, out[-4000:]
+    assert "resuming from epoch 2" in out
+    run = f"saner-{variant}"
+    a, b = checkpoint(full, run), checkpoint(cut, run)
+    assert b["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for rank_a, rank_b in zip(a["replica_state"], b["replica_state"]):  # every rank's average, bit for bit
+        assert rank_a.keys() == rank_b.keys() and rank_a
+        for i in rank_a:
+            assert all(torch.equal(v, rank_b[i][k]) for k, v in rank_a[i].items()), i
+    rank0, rank1 = a["replica_state"]
+    assert any(not torch.equal(v, rank1[i][k]) for i in rank0 for k, v in rank0[i].items())  # they are their own
+    assert strip_times(a["history"]) == strip_times(b["history"])

@@ -36,6 +36,7 @@ from .config import AMP_MODES, RESUME_KEYS, Config
 from .data import DeviceData
 from .distributed import DDP_MODES, Dist, global_batchnorm
 from .models import build_model
+from .replica_state import own_state, with_own_state
 from .report import JsonlLog
 from .streaming import StreamingData
 
@@ -280,6 +281,7 @@ class Run:
             )
         self.opt, self.alpha_sched = build_optimizer(optimizer, train_model.parameters(), cfg, ddp=self.ddp)
         self.two_pass = optimizer in ("sam", "saner")
+        self._local = dist.active and cfg.ddp_mode == "local" and self.two_pass  # ranks with their own averages
         self.gen = torch.Generator()
         self.gen.manual_seed(cfg.seed + 1)
         self.epoch = 0
@@ -304,6 +306,7 @@ class Run:
         """The checkpoint. Under torchrun every rank calls it (it gathers the ranks' random states); rank 0
         writes it."""
         rng = _rng_state(self.gen)
+        optimizer = self.opt.state_dict()
         return {
             "version": CKPT_VERSION,
             "epoch": self.epoch,
@@ -311,11 +314,13 @@ class Run:
             "config": self.cfg.to_dict(),
             "optimizer_name": self.opt_name,
             "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
+            "optimizer": optimizer,
             "alpha_scheduler": self.alpha_sched.state_dict() if self.alpha_sched is not None else None,
             "rng": rng,
             # each rank's own global random state (dropout); the data generator is the same on every rank
             "rng_ranks": self.dist.all_gather_object(rng) if self.dist.active else None,
+            # local mode: each rank's own gradient averages (fsam, vasso); the rest of the state is rank 0's
+            "replica_state": self.dist.all_gather_object(own_state(optimizer)) if self._local else None,
             "history": self.history,
             # plain numbers (scale, growth tracker, factors): loads with weights_only=True
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -345,7 +350,10 @@ class Run:
                 f"use another --out or drop --resume"
             )
         self.model.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optimizer"])
+        replicas = ck.get("replica_state")
+        self.opt.load_state_dict(
+            with_own_state(ck["optimizer"], replicas[self.dist.rank]) if replicas else ck["optimizer"]
+        )
         if self.alpha_sched is not None and ck["alpha_scheduler"] is not None:
             self.alpha_sched.load_state_dict(ck["alpha_scheduler"])
         if self.scaler is not None and ck.get("scaler"):
