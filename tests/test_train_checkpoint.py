@@ -8,7 +8,7 @@ import torch
 from test_train_data import write_cifar10
 
 from saner_kernels.train.__main__ import main
-from saner_kernels.train.checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
+from saner_kernels.train.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -81,3 +81,45 @@ def test_unknown_class_is_named_in_the_refusal(tmp_path):
     torch.save({"epoch": 1, "history": [Foreign()]}, path)
     with pytest.raises(UnsafeCheckpointError, match="Foreign"):
         load_checkpoint(str(path))
+
+
+def folder_snapshot(root) -> dict:
+    """Every file under ``root``: its bytes."""
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def damaged(good: bytes) -> dict:
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    return {
+        "empty": (b"", "is empty (0 bytes)"),
+        "truncated": (good[: len(good) // 2], "is truncated or corrupt"),
+        "cut at the end": (good[:-10], "is truncated or corrupt"),
+        "random bytes": (os.urandom(4096), "is truncated or corrupt"),
+        "a flipped byte": (bytes(flipped), "fails its checksum"),
+    }
+
+
+def test_damaged_or_foreign_checkpoints_get_one_clear_line_and_change_nothing(tmp_path, capsys):
+    write_cifar10(str(tmp_path / "data"))
+    out = tmp_path / "out"
+    assert run_cli(tmp_path / "data", out, "--stop-after", "1") == 0
+    path = out / "sgd" / "checkpoint.pt"
+    good = path.read_bytes()
+    model_only = tmp_path / "model.pt"
+    torch.save(torch.load(path, weights_only=True)["model"], model_only)  # a bare state_dict saved by hand
+    cases = {**damaged(good), "a model state_dict": (model_only.read_bytes(), "is not a saner-train checkpoint")}
+    for case, (content, says) in cases.items():
+        path.write_bytes(content)
+        before = folder_snapshot(out)
+        capsys.readouterr()
+        assert run_cli(tmp_path / "data", out, "--resume") == 2, case
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err and says in err, (case, err)
+        assert "altered" not in err and "arbitrary code" not in err, case  # corruption is not called tampering
+        assert folder_snapshot(out) == before, case
+        with pytest.raises(CheckpointError) as raised:
+            load_checkpoint(str(path))
+        assert not isinstance(raised.value, UnsafeCheckpointError), case
+    path.write_bytes(good)
+    assert run_cli(tmp_path / "data", out, "--resume") == 0  # and the intact file still resumes

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from .. import available_backends
-from .checkpoint import UnsafeCheckpointError
+from .checkpoint import CheckpointError
 from .cifar_n import CIFAR_N_FILES, DEFAULT_KEYS, load_human_labels
 from .config import DATA, DATASET_DEFAULTS, MODEL, RUN, Config, add_config_arguments, config_values
 from .data import DataError, DeviceData, load_dataset
@@ -297,7 +297,7 @@ def _main(args, cfg: Config, names: list[str], dist: Dist, device: Optional[torc
             device=device,
             max_epochs=args.stop_after,
         )
-    except (DataError, UnsafeCheckpointError) as exc:
+    except (DataError, CheckpointError) as exc:
         print(f"saner-train: error: {exc}", file=sys.stderr)
         return 2
     if not main_rank:

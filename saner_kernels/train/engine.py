@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import SAM, SANER, AlphaScheduler
 from ..variants import HYPERPARAMETERS as variant_hyperparameters
-from .checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import AMP_MODES, RESUME_KEYS, Config
 from .data import DeviceData
 from .distributed import DDP_MODES, Dist, global_batchnorm
@@ -372,11 +372,11 @@ class Run:
         if self.dist.is_main and os.path.isfile(self.ckpt_path):
             try:
                 ck = load_checkpoint(self.ckpt_path)
-            except UnsafeCheckpointError as exc:
-                error = str(exc)
+            except CheckpointError as exc:
+                error = (type(exc), str(exc))
         ck, error = self.dist.broadcast_object((ck, error))
         if error is not None:
-            raise UnsafeCheckpointError(error)
+            raise error[0](error[1])
         return ck
 
     def try_resume(self) -> bool:
