@@ -320,3 +320,51 @@ def test_folder_flags_and_run_names():
     assert cfg.out == os.path.join("runs", "digits-sym0.4-smallcnn-s0") and cfg.eval_batch_size == 1000
     with pytest.raises(SystemExit, match="image-folder datasets"):
         config_from_args(parse(["--dataset", "cifar10", "--workers", "2"]))
+
+
+# --- bad files: refused before training, or left out on request ------------------------------------------------
+
+
+def write_bad_files(root) -> list[str]:
+    """A JPEG cut in half, an empty file and random bytes named .jpg, in the training and the test split."""
+    good = open(os.path.join(root, "train", "dog", "img0.jpg"), "rb").read()
+    bad = {
+        os.path.join(root, "train", "dog", "truncated.jpg"): good[: len(good) // 2],
+        os.path.join(root, "train", "cat", "empty.jpg"): b"",
+        os.path.join(root, "val", "owl", "noise.jpg"): np.random.RandomState(0).bytes(2000),
+    }
+    for path, content in bad.items():
+        open(path, "wb").write(content)
+    return list(bad)
+
+
+def cli_with(workers, data_dir, out, *extra):
+    argv = cli_args("imagefolder", data_dir, "--optimizer", "sgd", "--epochs", "1", *extra, "--out", str(out))
+    return argv[: argv.index("--workers") + 1] + [workers] + argv[argv.index("--workers") + 2 :]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_bad_image_files_are_refused_before_training_or_skipped(tmp_path, capsys, workers):
+    write_imagefolder(str(tmp_path / "data"))
+    bad = write_bad_files(str(tmp_path / "data"))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(cli_with(workers, tmp_path / "data", out)) == 2
+    err = capsys.readouterr().err
+    assert "3 of 21 images" in err and all(path in err for path in bad) and "--skip-bad-images" in err
+    assert not (out / "sgd" / "checkpoint.pt").exists()  # nothing was trained
+    assert main(cli_with(workers, tmp_path / "data", out, "--skip-bad-images")) == 0
+    printed = capsys.readouterr().out
+    assert "left out 3 images that cannot be decoded" in printed and "train 12 test 6" in printed
+
+
+def test_empty_class_folders_are_refused(tmp_path):
+    write_imagefolder(str(tmp_path))
+    os.makedirs(tmp_path / "train" / "yak")
+    with pytest.raises(DataError, match=r"train has class folders without images .*: yak"):
+        load_folder_dataset("imagefolder", str(tmp_path))
+    os.rmdir(tmp_path / "train" / "yak")
+    for name in os.listdir(tmp_path / "val" / "owl"):
+        os.remove(tmp_path / "val" / "owl" / name)
+    with pytest.raises(DataError, match=r"val has class folders without images .*: owl"):
+        load_folder_dataset("imagefolder", str(tmp_path))

@@ -27,6 +27,7 @@ from .data import DataError, DeviceData, load_dataset
 from .distributed import Dist, init_distributed, shutdown
 from .engine import OPTIMIZERS, Run, resolve_device, run_name
 from .folders import FOLDER_DATASETS, PRESETS, load_folder_dataset
+from .image_check import checked_folder_dataset
 from .noise import make_noisy_labels
 from .report import format_table, plot_curves, summary_rows
 from .streaming import StreamingData
@@ -106,9 +107,10 @@ def config_from_args(args) -> tuple[Config, list[str]]:
 
 def check_data_flags(args, noise: str) -> None:
     """The data and noise flags that make sense for ``args.dataset``, or a SystemExit saying what to use."""
-    if args.dataset not in FOLDER_DATASETS and (args.image_size or args.workers is not None):
+    if args.dataset not in FOLDER_DATASETS and (args.image_size or args.workers is not None or args.skip_bad_images):
         raise SystemExit(
-            f"--image-size and --workers are for the image-folder datasets; {args.dataset} is held in memory"
+            f"--image-size, --workers and --skip-bad-images are for the image-folder datasets; {args.dataset} is "
+            f"held in memory"
         )
     if noise == "asym" and args.dataset not in ("cifar10", "cifar100"):
         raise SystemExit(
@@ -156,13 +158,13 @@ def check_flags(cfg: Config, device: torch.device, names: list[str], dist: Optio
             )
 
 
-def prepare_data(cfg: Config, device: torch.device, log=print):
+def prepare_data(cfg: Config, device: torch.device, log=print, dist: Optional[Dist] = None):
     folders = cfg.dataset in FOLDER_DATASETS
-    ds = (
-        load_folder_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
-        if folders
-        else load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
-    )
+    if folders:  # every file decoded once now: a bad one stops the run before training, not in an epoch
+        ds = load_folder_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+        ds = checked_folder_dataset(ds, cfg.skip_bad_images, max(1, cfg.workers), log, dist)
+    else:
+        ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
     clean = not folders or ds.preset.clean_labels
     n_train = int(ds.y_train.numel())
     info = {"n_train": n_train, "n_test": int(ds.y_test.numel()), "num_classes": ds.num_classes, "clean_labels": clean}
@@ -237,7 +239,7 @@ def run(
     dist = dist or Dist()
     device = device or resolve_device(cfg.device)
     check_flags(cfg, device, names, dist)
-    data, ds, info = prepare_data(cfg, device, log)
+    data, ds, info = prepare_data(cfg, device, log, dist)
     histories = {}
     for name in names:
         label = run_name(name, cfg.variant)

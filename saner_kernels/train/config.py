@@ -159,6 +159,12 @@ class Config:
         group=DATA,
         per_dataset=True,
     )
+    skip_bad_images: bool = option(
+        False,
+        "image folders: train without the files that cannot be decoded (their number is logged) instead of "
+        "refusing to start; every file is decoded once before the first epoch either way",
+        group=DATA,
+    )
     # -- model and optimizer
     model: str = option(
         "smallcnn",

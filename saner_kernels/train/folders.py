@@ -151,11 +151,18 @@ def scan_class_folders(folder: str, classes: Optional[list] = None) -> tuple[lis
     if unknown:
         raise DataError(f"{folder} has class folders that the training split lacks: {', '.join(unknown[:5])}")
     index = {c: i for i, c in enumerate(classes)}
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for name in names:
         found = _images_below(os.path.join(folder, name))
         files += found
         labels += [index[name]] * len(found)
+        if not found:
+            empty.append(name)
+    if empty:  # an empty training class would still receive labels moved there by symmetric noise
+        raise DataError(
+            f"{folder} has class folders without images ({', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty[:10])}. "
+            f"Remove them or add their images"
+        )
     return files, labels, classes
 
 
