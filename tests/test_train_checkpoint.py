@@ -23,34 +23,11 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def run_cli(data_dir, out, *extra):
-    return main(
-        [
-            "--dataset",
-            "cifar10",
-            "--data-dir",
-            str(data_dir),
-            "--model",
-            "smallcnn",
-            "--width",
-            "4",
-            "--optimizer",
-            "sgd",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--threads",
-            "1",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--quiet",
-            "--out",
-            str(out),
-            *extra,
-        ]
-    )
+def run_cli(data_dir, out, *extra, quiet=True):
+    argv = ["--dataset", "cifar10", "--data-dir", str(data_dir), "--model", "smallcnn", "--width", "4"]
+    argv += ["--optimizer", "sgd", "--epochs", "2", "--batch-size", "8", "--threads", "1", "--device", "cpu"]
+    argv += ["--no-progress", "--out", str(out), *extra]
+    return main(argv + (["--quiet"] if quiet else []))
 
 
 def test_checkpoint_is_plain_data_and_foreign_objects_are_refused(tmp_path, capsys):
@@ -123,3 +100,26 @@ def test_damaged_or_foreign_checkpoints_get_one_clear_line_and_change_nothing(tm
         assert not isinstance(raised.value, UnsafeCheckpointError), case
     path.write_bytes(good)
     assert run_cli(tmp_path / "data", out, "--resume") == 0  # and the intact file still resumes
+
+
+def test_resume_with_flags_that_name_another_run_is_refused(tmp_path, capsys):
+    write_cifar10(str(tmp_path / "data"))
+    out = tmp_path / "out"
+    sam = ("--optimizer", "sam", "--backend", "reference")
+    assert run_cli(tmp_path / "data", out, *sam, "--stop-after", "1") == 0
+    before = folder_snapshot(out)
+    capsys.readouterr()
+    assert run_cli(tmp_path / "data", out, *sam, "--variant", "fsam", "--resume") == 2  # would be run sam-fsam
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other runs than sam-fsam" in err
+    assert "sam (optimizer 'sam'; variant: 'sam' vs 'fsam')" in err
+    assert folder_snapshot(out) == before
+    assert run_cli(tmp_path / "data", out, *sam, "--resume") == 0  # the run's own flags continue it
+
+
+def test_resume_into_an_empty_folder_starts_fresh_and_says_so(tmp_path, capsys):
+    write_cifar10(str(tmp_path / "data"))
+    capsys.readouterr()
+    assert run_cli(tmp_path / "data", tmp_path / "new", "--stop-after", "1", "--resume", quiet=False) == 0
+    assert "[sgd] --resume: no checkpoint at" in capsys.readouterr().out
+    assert torch.load(tmp_path / "new" / "sgd" / "checkpoint.pt", weights_only=True)["epoch"] == 1

@@ -30,6 +30,7 @@ from .folders import FOLDER_DATASETS, PRESETS, load_folder_dataset
 from .image_check import checked_folder_dataset
 from .noise import make_noisy_labels
 from .report import format_table, plot_curves, summary_rows
+from .resume import check_resume_target
 from .streaming import StreamingData
 
 
@@ -239,6 +240,8 @@ def run(
     dist = dist or Dist()
     device = device or resolve_device(cfg.device)
     check_flags(cfg, device, names, dist)
+    if resume:  # before the data is read: flags that name another run are refused at once
+        check_resume_target(cfg.out, [run_name(n, cfg.variant) for n in names], cfg, dist)
     data, ds, info = prepare_data(cfg, device, log, dist)
     histories = {}
     for name in names:

@@ -69,8 +69,16 @@ def option(
     return field(default=default, metadata=meta)
 
 
+# The training tool trains with the paper's CIFAR settings; SANER's constructor takes its clients' defaults
+# (davda54/sam's rho, torch.optim.SGD's momentum and weight decay: docs/usage.md), which are not these.
+PAPER_SETTINGS = dict(momentum=0.9, weight_decay=5e-4, nesterov=False, dampening=0.0, rho=0.1, alpha=0.5)
+
+
 def saner_default(name: str) -> Any:
-    """The default of SANER's constructor argument ``name`` (the paper's CIFAR settings)."""
+    """The training tool's default for SANER's argument ``name``: the paper's CIFAR setting, else the
+    constructor's own default."""
+    if name in PAPER_SETTINGS:
+        return PAPER_SETTINGS[name]
     return inspect.signature(SANER.__init__).parameters[name].default
 
 
@@ -280,6 +288,13 @@ class Config:
 
 # the fields that must match for --resume to continue a checkpoint
 RESUME_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["resume"])
+
+
+def settings_differences(saved: dict, cfg: Config) -> list[str]:
+    """``"key: saved vs now"`` for each resume key where a checkpoint's config (``saved``) and ``cfg`` differ."""
+    now, default = cfg.to_dict(), Config().to_dict()
+    then = {k: saved.get(k, default[k]) for k in RESUME_KEYS}  # a key an older checkpoint lacks had its default
+    return [f"{k}: {then[k]!r} vs {now[k]!r}" for k in RESUME_KEYS if then[k] != now[k]]
 
 
 def flag(name: str) -> str:

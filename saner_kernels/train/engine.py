@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .. import SAM, SANER, AlphaScheduler
 from ..variants import HYPERPARAMETERS as variant_hyperparameters
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import AMP_MODES, RESUME_KEYS, Config
+from .config import AMP_MODES, Config, settings_differences
 from .data import DeviceData
 from .distributed import DDP_MODES, Dist, global_batchnorm
 from .models import build_model
@@ -339,15 +339,11 @@ class Run:
                 f"shards and random states are the ranks'): relaunch with world size {world} "
                 f"(torchrun --nnodes x --nproc-per-node = {world}), or use another --out, or drop --resume"
             )
-        saved = ck["config"]
-        now = self.cfg.to_dict()
-        default = Config().to_dict()  # a key that an older checkpoint lacks had its default value then
-        diff = [k for k in RESUME_KEYS if saved.get(k, default[k]) != now.get(k)]
+        diff = settings_differences(ck["config"], self.cfg)
         if diff or ck.get("optimizer_name") != self.opt_name:
             raise SystemExit(
                 f"--resume: {self.ckpt_path} was written with different settings "
-                f"({', '.join(f'{k}: {saved.get(k)!r} vs {now.get(k)!r}' for k in diff) or 'optimizer'}); "
-                f"use another --out or drop --resume"
+                f"({', '.join(diff) or 'optimizer'}); use another --out or drop --resume"
             )
         self.model.load_state_dict(ck["model"])
         replicas = ck.get("replica_state")
@@ -568,8 +564,11 @@ class Run:
                 self.log(f"[{self.name}] already finished ({self.epoch} epochs) in {self.ckpt_path}")
                 return self.history
             self.log(f"[{self.name}] resuming from epoch {self.epoch} ({self.ckpt_path})")
-        elif self.dist.is_main:
-            self.jsonl.rewrite([self.header])
+        else:
+            if resume:
+                self.log(f"[{self.name}] --resume: no checkpoint at {self.ckpt_path} yet: starting from epoch 0")
+            if self.dist.is_main:
+                self.jsonl.rewrite([self.header])
         stop = cfg.epochs if max_epochs is None else min(cfg.epochs, self.epoch + max_epochs)
         while self.epoch < stop:
             t0 = time.time()
