@@ -243,3 +243,46 @@ def test_cli_on_tiny_cifar(tmp_path, capsys, dataset, writer, extra):
     out = capsys.readouterr().out
     assert "| saner" in out and "realised rate" in out
     assert (tmp_path / "out" / "saner" / "checkpoint.pt").exists()
+
+
+class Payload:
+    """Unpickling this runs a command: what a tampered CIFAR batch could do under plain pickle.load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_batches_are_read_without_running_code(tmp_path):
+    write_cifar10(str(tmp_path))
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    marker = tmp_path / "payload-ran"
+    with open(batch, "rb") as f:
+        content = pickle.load(f, encoding="bytes")
+    content[b"labels"].append(Payload(str(marker)))
+    for protocol in (0, 2, 5):
+        _dump_with(batch, content, protocol)
+        with pytest.raises(DataError, match=r"refusing to read .*data_batch_1: it names (posix|os)\.system"):
+            load_dataset("cifar10", str(tmp_path))
+        assert not marker.exists()
+
+
+def _dump_with(path, obj, protocol):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def test_cifar_batches_from_numpy_1_and_damaged_ones(tmp_path):
+    x, _, _ = write_cifar10(str(tmp_path))
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    written = batch.read_bytes()
+    # the official files name numpy.core (numpy 1); protocol 2's GLOBAL opcode holds the name as a text line
+    as_numpy_1 = written.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in as_numpy_1
+    batch.write_bytes(as_numpy_1)
+    assert torch.equal(load_dataset("cifar10", str(tmp_path)).x_train.reshape(20, -1), torch.from_numpy(x))
+    batch.write_bytes(written[: len(written) // 2])
+    with pytest.raises(DataError, match=r"data_batch_1 is truncated or corrupt"):
+        load_dataset("cifar10", str(tmp_path))

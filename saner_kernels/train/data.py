@@ -16,7 +16,6 @@ instead (``folders.py``, ``streaming.py``) behind the same batch interface.
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from .device_transforms import normalise, pad_crop_flip
 from .distributed import shard_bounds
+from .plain_pickle import ForeignPickleError, load_plain_pickle
 
 DATASETS = ("digits", "cifar10", "cifar100")
 
@@ -106,8 +106,17 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25) -> Dataset:
 
 
 def _unpickle(path: str) -> dict:
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+    try:
+        d = load_plain_pickle(path)
+    except ForeignPickleError as exc:
+        raise DataError(
+            f"refusing to read {path}: it names {exc}, which the CIFAR python batches never hold (only dicts, lists, "
+            f"strings and numpy arrays); unpickling it could run code. Replace it with the official release's file"
+        ) from exc
+    except Exception as exc:  # what a damaged pickle raises: EOFError, UnpicklingError, ValueError, ...
+        raise DataError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); extract it again") from exc
+    if not isinstance(d, dict):
+        raise DataError(f"{path} holds a {type(d).__name__}, not a CIFAR batch (a dict); extract it again")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
