@@ -1,11 +1,14 @@
 """``saner-train``: noisy-label training with SGD, SAM and SANER (``python -m saner_kernels.train --help``).
 
-Modules: ``data`` (digits / CIFAR pickles held on the device), ``cifar_n`` (CIFAR-N human labels),
-``folders`` (image-folder layouts: imagefolder, Animal-10N, Mini-WebVision, Tiny-ImageNet), ``streaming``
-(image folders decoded in DataLoader workers), ``device_transforms`` (augmentation on the device), ``noise``
-(synthetic label noise), ``models``, ``engine`` (one run: epochs, metrics, checkpoint/resume), ``report``
-(JSONL, table, plot), ``checkpoint`` (atomic, weights-only files), ``distributed`` (torchrun: process group,
-data shards, BatchNorm over the global batch), ``__main__`` (command line, compare mode).
+Modules: ``config`` (the options, defined once: defaults, help, resume keys; the command line is generated from
+them), ``data`` (digits / CIFAR pickles held on the device), ``plain_pickle`` (the CIFAR batches read without
+running code), ``cifar_n`` (CIFAR-N human labels), ``folders`` (image-folder layouts: imagefolder, Animal-10N,
+Mini-WebVision, Tiny-ImageNet), ``image_check`` (every image decoded once before training), ``streaming`` (image
+folders decoded in DataLoader workers), ``device_transforms`` (augmentation on the device), ``noise`` (synthetic
+label noise), ``models``, ``engine`` (one run: epochs, metrics, checkpoint/resume), ``resume`` (what --resume
+finds in the output folder), ``report`` (JSONL, table, plot), ``checkpoint`` (atomic, weights-only files, damage
+reported), ``replica_state`` (each rank's own optimizer state in local mode), ``distributed`` (torchrun: process
+group, data shards, BatchNorm over the global batch), ``__main__`` (command line, compare mode).
 """
 
 from .engine import Config, Run, lr_at
