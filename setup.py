@@ -16,11 +16,12 @@ NATIVE_LIB_DIR = os.path.join(HERE, "build", "native")
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 
 
-def _source_hash(csrc):
-    """saner_kernels/_source_hash.py, loaded by path: the package itself is not importable yet."""
+def _build_identity():
+    """saner_kernels/_source_hash.py (the op ABI version and the source hash), loaded by path: the package itself
+    is not importable yet."""
     import runpy
 
-    return runpy.run_path(os.path.join(HERE, "saner_kernels", "_source_hash.py"))["source_hash"](csrc)
+    return runpy.run_path(os.path.join(HERE, "saner_kernels", "_source_hash.py"))
 
 
 def _with_cuda(torch, cpp_extension):
@@ -39,13 +40,16 @@ def _with_cuda(torch, cpp_extension):
 
 
 def _write_build_info(torch, with_cuda):
-    """Build facts for ops/native.py's staleness check, in a generated header that only csrc/module.cpp
-    includes: a source change then recompiles the changed files and module.cpp only."""
+    """Build facts for ops/native.py's staleness check (the op ABI version, the source hash, torch, CUDA), in a
+    generated header that only csrc/module.cpp includes: a source change then recompiles the changed files and
+    module.cpp only."""
     generated = os.path.join(HERE, "build", "generated")
     os.makedirs(generated, exist_ok=True)
+    identity = _build_identity()
     info = (
         "#pragma once\n"
-        f'#define SANER_KERNELS_SRC_HASH "{_source_hash(os.path.join(HERE, "csrc"))}"\n'
+        f"#define SANER_KERNELS_ABI_VERSION {int(identity['ABI_VERSION'])}\n"
+        f'#define SANER_KERNELS_SRC_HASH "{identity["source_hash"](os.path.join(HERE, "csrc"))}"\n'
         f'#define SANER_KERNELS_TORCH_VERSION "{torch.__version__}"\n'
         f"#define SANER_KERNELS_WITH_CUDA {int(with_cuda)}\n"
     )

@@ -129,7 +129,7 @@ fi
 
 # 3. which backends can run; on the GPU both CUDA backends must
 DEV=cuda
-NEEDED="triton cuda"
+NEEDED="triton cuda_cpp"
 if [ "$DRY" = "1" ]; then
   DEV=cpu
   NEEDED="reference"

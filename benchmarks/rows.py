@@ -109,7 +109,7 @@ def saner_backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
     """(backends that can run on ``device``, {backend: why not} for the others)."""
     ok, not_ok = [], {}
     for name, status in available_backends(device).items():
-        if (name, device.type) in (("cuda", "cpu"), ("cpp", "cuda")):
+        if (name, device.type) in (("cuda_cpp", "cpu"), ("cpp", "cuda")):
             continue  # the other device's native op: not a row of this table
         if name == "triton" and device.type == "cpu":
             not_ok[name] = "CPU runs only under the Triton interpreter: never benchmarked"
@@ -123,7 +123,7 @@ def saner_backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
 def best_backend(device: torch.device) -> Optional[str]:
     """What ``backend="auto"`` picks for fp32 tensors on ``device``."""
     ok, _ = saner_backends(device)
-    order = ("triton", "cuda", "reference") if device.type == "cuda" else ("cpp", "reference")
+    order = ("triton", "cuda_cpp", "reference") if device.type == "cuda" else ("cpp", "reference")
     return next((b for b in order if b in ok), None)
 
 

@@ -1,14 +1,14 @@
 """Every kernel-contract op of the chosen backends on awkward inputs, for ``compute-sanitizer --tool memcheck``.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \\
-        python -m benchmarks.sanitize_ops --device cuda          # backends triton and cuda (GPU machine)
+        python -m benchmarks.sanitize_ops --device cuda          # backends triton and cuda_cpp (GPU machine)
     python -m benchmarks.sanitize_ops --device cpu               # reference and cpp: the same logic, no GPU
 
 Calls ``grad_sq_norm``, ``perturb_``, ``update_`` and ``restore_`` (contract v2, ``saner_kernels/ops/
 reference.py``) with every optional tensor (``e``, ``g_sgd``, ``buf``, ``stats``, ``inv_scale``) present and
 absent, skipped and not, on lengths 1, 1003 and 65573 (not multiples of the bucket's 128-element padding, nor
 of any vector width), as fresh tensors and as unaligned views ``buffer[1:]``, in every storage dtype the
-backend lists (fp64 for ``cuda``/``cpp``).
+backend lists (fp64 for ``cuda_cpp``/``cpp``).
 
 Memory errors show up three ways: memcheck (GPU; run without the caching allocator so that each tensor is
 its own allocation and a read past its end is out of bounds), a canary element before every unaligned view
@@ -31,7 +31,7 @@ from saner_kernels.ops import backend_status, resolve_backend
 from saner_kernels.ops.hyper import UpdateHyper
 
 LENGTHS = (1, 1003, 65573)
-DEFAULT_BACKENDS = {"cuda": ("triton", "cuda"), "cpu": ("reference", "cpp")}
+DEFAULT_BACKENDS = {"cuda": ("triton", "cuda_cpp"), "cpu": ("reference", "cpp")}
 ALL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 CANARY = 7.0  # exact in every dtype
 
@@ -186,7 +186,7 @@ def run_case(backend, case: Case) -> tuple[int, list[str]]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.sanitize_ops", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    ap.add_argument("--backends", nargs="+", default=None, help="default: triton cuda (GPU), reference cpp (CPU)")
+    ap.add_argument("--backends", nargs="+", default=None, help="default: triton cuda_cpp (GPU), reference cpp (CPU)")
     ap.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
     args = ap.parse_args(argv)
     device = torch.device(args.device)

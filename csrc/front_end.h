@@ -1,5 +1,6 @@
 // Argument checks and dtype dispatch shared by the CPU (cpu/ops_cpu.cpp) and CUDA (cuda/saner_cuda.cu)
-// op front ends. Every check runs before an op writes anything; each message names the argument.
+// op front ends. Every check runs before an op writes anything; each message names the argument. The Python
+// wrappers check the same first (saner_kernels/ops/checks.py); these keep a direct torch.ops call memory-safe.
 #pragma once
 
 #include <optional>
@@ -83,29 +84,29 @@ inline int64_t valid_count(std::optional<int64_t> n_valid, int64_t n) {
 }
 
 // ------------------------------------------------------------------ each op's arguments, checked before any write
-// avg: the gradient average of the averaging variants, a flat tensor like the others (ops/native.py passes it
-// with its AverageHyper's coefficients, never one without the other).
-inline void check_norm_args(const at::Tensor& g, const std::optional<at::Tensor>& w,
+// avg: the gradient average of the averaging variants, a flat tensor like the others.
+inline void check_norm_args(const at::Tensor& grad, const std::optional<at::Tensor>& w,
                             const std::optional<at::Tensor>& avg) {
-  check_dtype(g);
-  check_flat(g, g, "g");
-  check_flat(w, g, "w");
-  check_flat(avg, g, "avg");
+  check_dtype(grad);
+  check_flat(grad, grad, "grad");
+  check_flat(w, grad, "w");
+  check_flat(avg, grad, "avg");
 }
 
-inline void check_dot_norm_args(const at::Tensor& g_sgd, const at::Tensor& g, const std::optional<at::Tensor>& w) {
-  check_dtype(g);
-  check_flat(g, g, "g");
-  check_flat(g_sgd, g, "g_sgd");
-  check_flat(w, g, "w");
+inline void check_dot_norm_args(const at::Tensor& g_sgd, const at::Tensor& g_sam,
+                                const std::optional<at::Tensor>& w) {
+  check_dtype(g_sam);
+  check_flat(g_sam, g_sam, "g_sam");
+  check_flat(g_sgd, g_sam, "g_sgd");
+  check_flat(w, g_sam, "w");
 }
 
-inline void check_perturb_args(const at::Tensor& w, const at::Tensor& g, const at::Tensor& scale,
+inline void check_perturb_args(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& scale,
                                const at::Tensor& skip, const std::optional<at::Tensor>& e,
                                const std::optional<at::Tensor>& g_sgd, const std::optional<at::Tensor>& avg) {
   check_dtype(w);
   check_flat(w, w, "w");
-  check_flat(g, w, "g");
+  check_flat(grad, w, "grad");
   check_flat(e, w, "e");
   check_flat(g_sgd, w, "g_sgd");
   check_flat(avg, w, "avg");
@@ -113,14 +114,14 @@ inline void check_perturb_args(const at::Tensor& w, const at::Tensor& g, const a
   check_skip(skip, w);
 }
 
-inline void check_update_args(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sgd,
+inline void check_update_args(const at::Tensor& w, const at::Tensor& g_sam, const at::Tensor& g_sgd,
                               const std::optional<at::Tensor>& buf, const at::Tensor& scale, const at::Tensor& skip,
                               const std::optional<at::Tensor>& e, const std::optional<at::Tensor>& stats,
                               const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& avg,
                               const std::optional<at::Tensor>& gsam_k) {
   check_dtype(w);
   check_flat(w, w, "w");
-  check_flat(g, w, "g");
+  check_flat(g_sam, w, "g_sam");
   check_flat(g_sgd, w, "g_sgd");
   check_flat(buf, w, "buf");
   check_flat(e, w, "e");
@@ -145,14 +146,14 @@ inline void check_restore_args(const at::Tensor& w, const at::Tensor& scale, con
   check_skip(skip, w);
 }
 
-inline void check_reweight_args(const at::Tensor& g, const at::Tensor& g_sgd, const at::Tensor& skip,
+inline void check_reweight_args(const at::Tensor& g_sam, const at::Tensor& g_sgd, const at::Tensor& skip,
                                 const std::optional<at::Tensor>& stats, const std::optional<at::Tensor>& inv_scale) {
-  check_dtype(g);
-  check_flat(g, g, "g");
-  check_flat(g_sgd, g, "g_sgd");
-  check_skip(skip, g);
-  check_stats(stats, g);
-  check_inv_scale(inv_scale, g);
+  check_dtype(g_sam);
+  check_flat(g_sam, g_sam, "g_sam");
+  check_flat(g_sgd, g_sam, "g_sgd");
+  check_skip(skip, g_sam);
+  check_stats(stats, g_sam);
+  check_inv_scale(inv_scale, g_sam);
 }
 
 // Calls f(T{}) with the storage type T of dtype st.

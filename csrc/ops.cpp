@@ -4,7 +4,8 @@
 //
 // Contract v3: saner_kernels/ops/reference.py (same names, arguments and results); ops/native.py passes
 // UpdateHyper's and AverageHyper's fields flat. Every tensor an op may write is marked mutable (x!), g and
-// g_sgd of update_ included (zero_grads writes zeros to them). Bump kAbiVersion (common.h) with any change here.
+// g_sgd of update_ included (zero_grads writes zeros to them). Bump ABI_VERSION (saner_kernels/_source_hash.py)
+// with any change here.
 #include <optional>
 
 #include <ATen/ATen.h>
@@ -16,13 +17,13 @@ namespace {
 
 using OptTensor = std::optional<at::Tensor>;
 
-at::ScalarType sum_dtype(const at::Tensor& g) { return g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+at::ScalarType sum_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-at::Tensor grad_sq_norm_meta(const at::Tensor& g, const OptTensor&, const OptTensor&, double, double) {
-  return at::empty({}, g.options().dtype(sum_dtype(g)));
+at::Tensor grad_sq_norm_meta(const at::Tensor& grad, const OptTensor&, const OptTensor&, double, double) {
+  return at::empty({}, grad.options().dtype(sum_dtype(grad)));
 }
-at::Tensor gsam_dot_norm_meta(const at::Tensor&, const at::Tensor& g, const OptTensor&) {
-  return at::empty({2}, g.options().dtype(sum_dtype(g)));
+at::Tensor gsam_dot_norm_meta(const at::Tensor&, const at::Tensor& g_sam, const OptTensor&) {
+  return at::empty({2}, g_sam.options().dtype(sum_dtype(g_sam)));
 }
 void perturb_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
                   const OptTensor&, const OptTensor&, double, double) {}
@@ -41,19 +42,19 @@ void reweight_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, doub
 // The averaging variants pass avg with the direction's coefficients (d = dir_g * g + dir_avg * avg) and, to
 // update_, the commit's (avg <- avg_keep * avg + avg_take * g_sgd); GSAM passes gsam_k and gsam_alpha.
 TORCH_LIBRARY(saner_kernels, m) {
-  m.def("grad_sq_norm(Tensor g, Tensor? w=None, *, Tensor? avg=None, float dir_g=1.0, float dir_avg=0.0) -> Tensor");
-  m.def("perturb_(Tensor(a!) w, Tensor g, Tensor scale, Tensor skip, *, Tensor(b!)? e=None, "
+  m.def("grad_sq_norm(Tensor grad, Tensor? w=None, *, Tensor? avg=None, float dir_g=1.0, float dir_avg=0.0) -> Tensor");
+  m.def("perturb_(Tensor(a!) w, Tensor grad, Tensor scale, Tensor skip, *, Tensor(b!)? e=None, "
         "Tensor(c!)? g_sgd=None, Tensor? avg=None, float dir_g=1.0, float dir_avg=0.0) -> ()");
   m.def(
-      "update_(Tensor(a!) w, Tensor(b!) g, Tensor(c!) g_sgd, Tensor(d!)? buf, Tensor scale, Tensor skip, *, "
+      "update_(Tensor(a!) w, Tensor(b!) g_sam, Tensor(c!) g_sgd, Tensor(d!)? buf, Tensor scale, Tensor skip, *, "
       "float lr, float momentum, float dampening, float weight_decay, float alpha, float eps, bool nesterov, "
       "Tensor? e=None, bool first_momentum_step=False, bool zero_grads=False, Tensor(e!)? stats=None, "
       "int? n_valid=None, Tensor? inv_scale=None, Tensor(f!)? avg=None, float dir_g=1.0, float dir_avg=0.0, "
       "float avg_keep=0.0, float avg_take=1.0, Tensor? gsam_k=None, float gsam_alpha=0.0) -> ()");
   m.def("restore_(Tensor(a!) w, Tensor scale, Tensor skip, *, Tensor? g_sgd=None, Tensor? e=None, "
         "Tensor? avg=None, float dir_g=1.0, float dir_avg=0.0) -> ()");
-  m.def("gsam_dot_norm(Tensor g_sgd, Tensor g, Tensor? w=None) -> Tensor");
-  m.def("reweight_(Tensor(a!) g, Tensor g_sgd, Tensor skip, *, float alpha, float eps, Tensor(b!)? stats=None, "
+  m.def("gsam_dot_norm(Tensor g_sgd, Tensor g_sam, Tensor? w=None) -> Tensor");
+  m.def("reweight_(Tensor(a!) g_sam, Tensor g_sgd, Tensor skip, *, float alpha, float eps, Tensor(b!)? stats=None, "
         "int? n_valid=None, Tensor? inv_scale=None) -> ()");
 }
 

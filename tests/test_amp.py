@@ -205,7 +205,7 @@ def test_g_sgd_group_exists_only_between_the_steps():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["triton", "cuda_cpp"])
 def test_scaled_loop_has_no_host_sync_on_cuda(backend):
     """The issue's fp16 loop on CUDA under set_sync_debug_mode("error"), past the first momentum step."""
     model = MODELS["conv"]().cuda()

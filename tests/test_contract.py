@@ -1,8 +1,12 @@
 """Every kernel backend against ``reference``: one test matrix over (backend, device, dtype).
 
+Within each (backend, dtype), tests over several switches run a pairwise-covering subset of their
+combinations by default (``contract_cases.pairwise``); the rest of the product is marked ``exhaustive``
+and runs with ``-m exhaustive`` (``make test-exhaustive``, ``make compat``).
+
 Parameters:
 - ``cpp-cpu``: the C++ CPU op (csrc/), built before pytest runs: a missing build is a failure here.
-- ``cuda-cuda`` and ``triton-cuda``: marked ``gpu``, skipped without CUDA.
+- ``cuda_cpp-cuda`` and ``triton-cuda``: marked ``gpu``, skipped without CUDA.
 - ``triton-interpreter``: Triton's interpreter on CPU tensors, marked ``interpreter``: it runs only in the
   pytest process that ``make test`` starts with ``TRITON_INTERPRET=1`` (set before anything imports
   triton; tests/conftest.py deselects these items in every other process, and everything else in that one).
@@ -16,7 +20,9 @@ from contract_cases import (
     AVERAGES,
     DTYPES,
     EPS,
+    LARGE,
     LENGTHS,
+    SMALL,
     SWITCHES,
     VARIANT_SWITCHES,
     assert_same_step,
@@ -25,11 +31,10 @@ from contract_cases import (
     expected_ops,
     make_bucket_tensors,
     no_skip,
+    pairwise,
     run_step,
     scale_for,
-    switch_id,
     tolerances,
-    variant_switch_id,
 )
 
 from saner_kernels.ops import reference, resolve_backend
@@ -39,12 +44,10 @@ ALL_DTYPES = DTYPES + (torch.float64,)
 # (backend name, device, test id, marks, the storage dtypes it takes: the matrix holds only these pairs)
 BACKENDS = [
     ("cpp", "cpu", "cpp-cpu", (), ALL_DTYPES),
-    ("cuda", "cuda", "cuda-cuda", (pytest.mark.gpu,), ALL_DTYPES),
+    ("cuda_cpp", "cuda", "cuda_cpp-cuda", (pytest.mark.gpu,), ALL_DTYPES),
     ("triton", "cuda", "triton-cuda", (pytest.mark.gpu,), DTYPES),
     ("triton", "cpu", "triton-interpreter", (pytest.mark.interpreter,), DTYPES),
 ]
-SMALL = [n for n in LENGTHS if n <= 1024]
-LARGE = [n for n in LENGTHS if n > 1024]
 # A representative subset for the long buckets: plain SAM, SANER with tracking, everything on.
 LARGE_SWITCHES = [
     sw
@@ -108,29 +111,31 @@ def backend(request) -> Backend:
 
 
 # --------------------------------------------------------------------------- norm
-@pytest.mark.parametrize("adaptive", [False, True])
-@pytest.mark.parametrize("n", LENGTHS)
-def test_grad_sq_norm(backend, n, dtype, adaptive):
-    t = backend.tensors(n, dtype, seed=n)
+@pytest.mark.parametrize(*pairwise(n=LENGTHS, adaptive=(False, True), avg=(None, *sorted(AVERAGES))))
+def test_grad_sq_norm(backend, n, dtype, adaptive, avg):
+    """The squared norm of the direction: g, or the average's (Friendly-SAM, VaSSO); |w|-weighted if adaptive."""
+    t = backend.tensors(n, dtype, seed=n if avg is None else n + 1)
     w = t["w"] if adaptive else None
-    got = backend.ops.grad_sq_norm(t["g"], w)
+    kw = {} if avg is None else dict(avg=t["avg"], avg_hyper=AVERAGES[avg])
+    got = backend.ops.grad_sq_norm(t["g"], w, **kw)
     assert got.dim() == 0 and got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    rtol = 1e-12 if dtype == torch.float64 else 1e-6
+    if dtype == torch.float64:
+        rtol = 1e-12
+    else:  # the average's direction is two products and a sum per element before the square
+        rtol = 1e-6 if avg is None else 1e-5
     torch.testing.assert_close(
-        got.double().cpu(), reference.grad_sq_norm(t["g"], w).double().cpu(), rtol=rtol, atol=0.0
+        got.double().cpu(), reference.grad_sq_norm(t["g"], w, **kw).double().cpu(), rtol=rtol, atol=0.0
     )
-    assert torch.equal(got, backend.ops.grad_sq_norm(t["g"], w)), "two runs differ"
+    assert torch.equal(got, backend.ops.grad_sq_norm(t["g"], w, **kw)), "two runs differ"
 
 
 # --------------------------------------------------------------------------- whole step vs reference
-@pytest.mark.parametrize("switches", SWITCHES, ids=switch_id)
-@pytest.mark.parametrize("n", SMALL)
-def test_step_every_switch(backend, n, dtype, switches):
+@pytest.mark.parametrize(*pairwise(n=SMALL, switches=SWITCHES))
+def test_step_switch_combinations(backend, n, dtype, switches):
     backend.check(n, dtype, switches, seed=7, pad=n // 8)
 
 
-@pytest.mark.parametrize("switches", LARGE_SWITCHES, ids=switch_id)
-@pytest.mark.parametrize("n", LARGE)
+@pytest.mark.parametrize(*pairwise(n=LARGE, switches=LARGE_SWITCHES))
 def test_step_long_buckets(backend, n, dtype, switches):
     backend.check(n, dtype, switches, seed=3, pad=n // 8)
 
@@ -238,7 +243,7 @@ def test_skip_in_the_second_pass_restores_only(backend, dtype, swap):
             assert not got["stats"].any()
 
 
-@pytest.mark.parametrize("switches", SWITCHES[::5], ids=switch_id)
+@pytest.mark.parametrize(*pairwise(switches=SWITCHES))
 def test_update_unscales_both_gradients(backend, dtype, switches):
     """``inv_scale``: GradScaler's scaled gradients (x 2^10 here) are unscaled inside the update."""
     t = backend.tensors(1003, dtype, seed=71)
@@ -344,28 +349,12 @@ def test_arguments_are_checked(backend):
 # --------------------------------------------------------------------------- the SAM family (contract v3)
 
 
-@pytest.mark.parametrize("switches", VARIANT_SWITCHES, ids=variant_switch_id)
-@pytest.mark.parametrize("n", SMALL)
+@pytest.mark.parametrize(*pairwise(n=SMALL, switches=VARIANT_SWITCHES))
 def test_step_sam_family(backend, n, dtype, switches):
     """Friendly-SAM / VaSSO averages (direction, norm, commit) and GSAM's decomposition, every backend."""
     got = backend.check(n, dtype, switches, seed=17, pad=n // 8)
     if switches["avg"]:
         assert not torch.equal(got["avg"], backend.tensors(n, dtype, seed=17, pad=n // 8)["avg"]), "avg not committed"
-
-
-@pytest.mark.parametrize("avg", sorted(AVERAGES))
-@pytest.mark.parametrize("adaptive", [False, True])
-@pytest.mark.parametrize("n", LENGTHS)
-def test_grad_sq_norm_of_the_average_direction(backend, n, dtype, avg, adaptive):
-    t = backend.tensors(n, dtype, seed=n + 1)
-    w = t["w"] if adaptive else None
-    kw = dict(avg=t["avg"], avg_hyper=AVERAGES[avg])
-    got = backend.ops.grad_sq_norm(t["g"], w, **kw)
-    rtol = 1e-12 if dtype == torch.float64 else 1e-5
-    torch.testing.assert_close(
-        got.double().cpu(), reference.grad_sq_norm(t["g"], w, **kw).double().cpu(), rtol=rtol, atol=0.0
-    )
-    assert torch.equal(got, backend.ops.grad_sq_norm(t["g"], w, **kw)), "two runs differ"
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
@@ -410,9 +399,7 @@ def test_skipped_update_keeps_the_average(backend, dtype, avg):
     assert torch.equal(got["avg"], t["avg"])
 
 
-@pytest.mark.parametrize("track_groups", [False, True])
-@pytest.mark.parametrize("alpha", [0.5, 1.0])
-@pytest.mark.parametrize("n", SMALL)
+@pytest.mark.parametrize(*pairwise(n=SMALL, alpha=(0.5, 1.0), track_groups=(False, True)))
 def test_reweight(backend, n, dtype, alpha, track_groups):
     """reweight_ (local distributed mode): Group B of g scaled by alpha in place, counts as update_."""
     t = backend.tensors(n, dtype, seed=87, pad=n // 8)

@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-CUDA_BACKENDS = ["triton", "cuda"]
+CUDA_BACKENDS = ["triton", "cuda_cpp"]
 
 
 def _require(backend: str, device: str = "cuda") -> None:

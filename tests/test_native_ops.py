@@ -37,7 +37,7 @@ from contract_cases import (
 
 import saner_kernels
 from saner_kernels._source_hash import source_hash
-from saner_kernels.ops import available_backends, native, reference, resolve_backend
+from saner_kernels.ops import available_backends, backend_status, check_backend_name, native, reference, resolve_backend
 from saner_kernels.ops.hyper import AverageHyper, UpdateHyper
 
 CPU = torch.device("cpu")
@@ -75,11 +75,22 @@ def test_one_native_backend_under_two_names(cpp):
     assert cpp.update_ is native.update_, "cpp is the native implementation, not a copy"
     ok, reason = resolve_backend("reference", CPU).is_available(CPU)
     assert ok
-    status = available_backends("cpu")["cuda"]
+    status = available_backends("cpu")["cuda_cpp"]
     assert not status and "cuda" in status.reason
     if not torch.cuda.is_available():
         ok, reason = native.is_available(torch.device("cuda"))
         assert not ok and reason
+
+
+def test_old_cuda_backend_name_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="'cuda_cpp'"):
+        status = backend_status("cuda", "cuda")
+    assert status == backend_status("cuda_cpp", "cuda")
+    with pytest.warns(DeprecationWarning, match="'cuda_cpp'"):
+        check_backend_name("cuda")
+    if torch.cuda.is_available() and status:
+        with pytest.warns(DeprecationWarning, match="'cuda_cpp'"):
+            assert resolve_backend("cuda", "cuda").NAME == "cuda_cpp"
 
 
 # ------------------------------------------------------------------------------------ ISA builds
@@ -309,7 +320,7 @@ def _spoil_copy(tmp_path: Path, how: str) -> Path:
     shutil.copytree(REPO / "csrc", root / "csrc", ignore=ignore)
     (so,) = (root / "saner_kernels").glob("_C.*")
     if how == "stale":
-        with open(root / "csrc" / "common.h", "a") as f:
+        with open(root / "csrc" / "front_end.h", "a") as f:
             f.write("// an edit after the build\n")
     elif how == "broken":
         so.write_bytes(b"not a shared library")
@@ -355,9 +366,11 @@ def test_auto_warns_once_about_an_unusable_build(cpp, tmp_path, how):
         assert category == "RuntimeWarning" and reason in message and "pip install --no-build-isolation" in message
 
 
-# ------------------------------------------------------------------------------------ contract v3 arguments
-def test_v3_arguments_are_checked(cpp):
-    """The average, gsam_k and the new ops' arguments: a clear error naming the argument, nothing written."""
+# ------------------------------------------------------------------------------------ beyond test_contract's checks
+# tests/test_contract.py checks the arguments every op shares (dtype, length, scale, skip, stats, inv_scale) and
+# empty buckets without the SAM family's arguments; these two add the average, gsam_k, gsam_dot_norm and reweight_.
+def test_average_gsam_and_reweight_arguments_are_checked(cpp):
+    """A clear error naming the argument, nothing written."""
     t = make_bucket_tensors(256, torch.float32, seed=3)
     s, skip, hyper, fsam = scale_for(t), no_skip(CPU), UpdateHyper(lr=0.1, momentum=0.9), AVERAGES["fsam"]
     before = clone_all(t)
@@ -366,17 +379,17 @@ def test_v3_arguments_are_checked(cpp):
         native.update_(t["w"], t["g_sam"], t["g_sgd"], t["buf"], s, skip, hyper, **kw)
 
     bad_calls = {
-        "avg and avg_hyper": lambda: native.perturb_(t["w"], t["g"], s, skip, avg=t["avg"]),
-        "avg and avg_hyper ": lambda: update(avg_hyper=fsam),
+        "avg and avg_hyper go together": lambda: native.perturb_(t["w"], t["g"], s, skip, avg=t["avg"]),
+        "avg and avg_hyper go together ": lambda: update(avg_hyper=fsam),
         "avg has dtype": lambda: native.grad_sq_norm(t["g"], avg=t["avg"].double(), avg_hyper=fsam),
         "avg has 128 elements": lambda: native.perturb_(t["w"], t["g"], s, skip, avg=t["avg"][:128], avg_hyper=fsam),
         "avg must be a contiguous": lambda: native.restore_(
             t["w"], s, skip, g_sgd=t["g"], avg=t["avg"].view(2, 128), avg_hyper=fsam
         ),
         "avg has 255": lambda: update(avg=t["avg"][1:], avg_hyper=fsam),
-        "gsam_k must be a 0-dim float32 (or float64)": lambda: update(gsam_k=s.half()),
+        "gsam_k must be a 0-dim torch.float32": lambda: update(gsam_k=s.half()),
         "gsam_k must be": lambda: update(gsam_k=torch.ones(2)),
-        "g_sgd has dtype": lambda: native.gsam_dot_norm(t["g"].half(), t["g_sam"]),
+        "g_sam has dtype": lambda: native.gsam_dot_norm(t["g"], t["g_sam"].half()),
         "w has 128": lambda: native.gsam_dot_norm(t["g"], t["g_sam"], t["w"][:128]),
         "unsupported dtype": lambda: native.gsam_dot_norm(t["g"].int(), t["g_sam"].int()),
         "g_sgd has 128": lambda: native.reweight_(t["g_sam"], t["g"][:128], skip, 0.5, EPS),
@@ -386,13 +399,33 @@ def test_v3_arguments_are_checked(cpp):
         "n_valid must be": lambda: native.reweight_(t["g_sam"], t["g"], skip, 0.5, EPS, n_valid=257),
     }
     for what, call in bad_calls.items():
-        with pytest.raises((RuntimeError, ValueError), match=re.escape(what.strip())):
+        with pytest.raises((RuntimeError, ValueError, TypeError), match=re.escape(what.strip())):
             call()
     for name in before:
         assert torch.equal(t[name], before[name]), f"{name} changed by a rejected call"
 
 
-def test_v3_ops_on_empty_buckets(cpp):
+def test_cpp_front_end_checks_what_reaches_it(cpp):
+    """The C++ op itself (not through the Python checks) rejects what would be unsafe to run."""
+    t = make_bucket_tensors(256, torch.float32, seed=3)
+    s, skip, ops = scale_for(t), no_skip(CPU), torch.ops.saner_kernels
+    before = clone_all(t)
+    bad_calls = {
+        "g_sgd has 128 elements": lambda: ops.reweight_(t["g_sam"], t["g"][:128], skip, alpha=0.5, eps=EPS),
+        "avg has dtype": lambda: ops.grad_sq_norm(t["g"], None, avg=t["avg"].double()),
+        "skip must be": lambda: ops.perturb_(t["w"], t["g"], s, s.double()),
+        "stats must be": lambda: ops.reweight_(t["g_sam"], t["g"], skip, alpha=0.5, eps=EPS, stats=torch.zeros(2)),
+        "n_valid must be": lambda: ops.reweight_(t["g_sam"], t["g"], skip, alpha=0.5, eps=EPS, n_valid=257),
+        "restore_ needs g_sgd": lambda: ops.restore_(t["w"], s, skip),
+    }
+    for what, call in bad_calls.items():
+        with pytest.raises(RuntimeError, match=re.escape(what)):
+            call()
+    for name in before:
+        assert torch.equal(t[name], before[name]), f"{name} changed by a rejected call"
+
+
+def test_average_gsam_and_reweight_on_empty_buckets(cpp):
     x, s, skip, fsam = torch.zeros(0), torch.tensor(0.1), no_skip(CPU), AVERAGES["fsam"]
     assert native.grad_sq_norm(x, x, avg=x.clone(), avg_hyper=fsam).item() == 0.0
     assert native.gsam_dot_norm(x, x, x).tolist() == [0.0, 0.0]

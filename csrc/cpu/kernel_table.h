@@ -22,7 +22,7 @@ struct Direction {
 template <typename T>
 struct UpdateArgs {
   T* w;
-  const T* g;
+  const T* g_sam;
   const T* g_sgd;
   T* buf;        // nullptr when momentum == 0
   const T* e;    // nullptr unless adaptive
@@ -34,12 +34,12 @@ struct UpdateArgs {
   double gsam_k, gsam_alpha;                  // GSAM variant: g <- g - gsam_alpha * (g_sgd - gsam_k * g)
   bool nesterov, first_momentum_step;
   bool unscale;
-  bool perturbed;  // scale != 0; else e is +0 (g_sgd may hold inf, a stored e is stale)
+  bool perturbed;  // scale != 0 (docs/design.md "Kernel contract": e is +0 otherwise)
 };
 
 template <typename T>
 struct ReweightArgs {
-  T* g;
+  T* g_sam;
   const T* g_sgd;
   double alpha, eps, inv_scale;
   bool unscale;
@@ -53,21 +53,28 @@ struct GroupCounts {
 // How restore_ (and a skipped update_) recomputes the e it subtracts.
 enum RestoreSource : int { kFromGsgd = 0, kFromE = 1, kFromDirection = 2 };
 
+// What reweight_ has to do (alpha == 1 with nothing to unscale or count needs no kernel: g_sam is the result).
+enum ReweightVariant : int {
+  kUnscaleOnly = 0,  // alpha == 1, not counted: unscale g_sam
+  kCountOnly = 1,    // alpha == 1, counted, nothing to unscale: read g_sam and g_sgd, write nothing
+  kReweight = 2,     // alpha != 1, or counted and unscaled: the mask, written back
+};
+
 template <typename T>
 struct KernelTable {
   // index: [adaptive][average direction]
-  double (*sq_norm[2][2])(const T* g, const T* w, const Direction<T>& dir, int64_t begin, int64_t end);
-  // [sum(g_sgd * g), sum((|w| g)^2)] of a range, added to out; index: adaptive
-  void (*dot_norm[2])(const T* g_sgd, const T* g, const T* w, int64_t begin, int64_t end, double* out);
-  // index: [adaptive (e stored)][copy (g_sgd <- g)][average direction]
-  void (*perturb[2][2][2])(T* w, const T* g, T* g_sgd, T* e, const Direction<T>& dir, double scale,
+  double (*sq_norm[2][2])(const T* grad, const T* w, const Direction<T>& dir, int64_t begin, int64_t end);
+  // [sum(g_sgd * g_sam), sum((|w| g_sam)^2)] of a range, written to out; index: adaptive
+  void (*dot_norm[2])(const T* g_sgd, const T* g_sam, const T* w, int64_t begin, int64_t end, double* out);
+  // index: [adaptive (e stored)][copy (g_sgd <- grad)][average direction]
+  void (*perturb[2][2][2])(T* w, const T* grad, T* g_sgd, T* e, const Direction<T>& dir, double scale,
                            int64_t begin, int64_t end);
   // index: [adaptive][has_buf][mask][average][gsam]; counts may be nullptr (a range past n_valid)
   void (*update[2][2][2][2][2])(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts);
   // index: RestoreSource (src is g_sgd, e, or g_sgd with dir.avg)
   void (*restore[3])(T* w, const T* src, const Direction<T>& dir, double scale, int64_t begin, int64_t end);
-  // index: [mask (alpha != 1 or counted)][write g (alpha != 1 or unscale)]
-  void (*reweight[2][2])(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts);
+  // index: ReweightVariant
+  void (*reweight[3])(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts);
 };
 
 // One table per ISA build. avx2_table exists when setup.py built the AVX2 library (x86-64 only).

@@ -77,10 +77,10 @@ struct Tail {
 // d = dir_g * g + dir_avg * avg: two products and a sum, in the reference's order (reference.direction).
 template <typename C>
 struct DirectionVec {
-  Vectorized<C> dg, da;
+  Vectorized<C> dir_g, dir_avg;
   template <typename T>
-  explicit DirectionVec(const Direction<T>& d) : dg(static_cast<C>(d.dir_g)), da(static_cast<C>(d.dir_avg)) {}
-  Vectorized<C> operator()(const Vectorized<C>& g, const Vectorized<C>& avg) const { return g * dg + avg * da; }
+  explicit DirectionVec(const Direction<T>& d) : dir_g(static_cast<C>(d.dir_g)), dir_avg(static_cast<C>(d.dir_avg)) {}
+  Vectorized<C> operator()(const Vectorized<C>& g, const Vectorized<C>& avg) const { return g * dir_g + avg * dir_avg; }
 };
 
 // Folds kUnroll vector accumulators into a double in a fixed lane order (the order depends on V only).
@@ -100,7 +100,7 @@ double fold_lanes(const Vectorized<C> (&acc)[kUnroll]) {
 // over short blocks, each block folded into a double in a fixed lane order. The result depends on
 // begin/end only, never on threads.
 template <typename T, bool kAdaptive, bool kAvg>
-double sq_norm_range(const T* g, const T* w, const Direction<T>& dir, int64_t begin, int64_t end) {
+double sq_norm_range(const T* grad, const T* w, const Direction<T>& dir, int64_t begin, int64_t end) {
   using C = compute_t<T>;
   using Vec = Vectorized<C>;
   constexpr int64_t V = Vec::size();
@@ -121,12 +121,12 @@ double sq_norm_range(const T* g, const T* w, const Direction<T>& dir, int64_t be
     for (; i + kUnroll * V <= b1; i += kUnroll * V) {
       for (int64_t u = 0; u < kUnroll; ++u) {
         const int64_t j = i + u * V;
-        acc[u] = acc[u] + term(g + j, kAdaptive ? w + j : nullptr, kAvg ? dir.avg + j : nullptr);
+        acc[u] = acc[u] + term(grad + j, kAdaptive ? w + j : nullptr, kAvg ? dir.avg + j : nullptr);
       }
     }
     for (; i < b1; i += V) {  // tail: zero-filled partial vectors (a zero term)
       const int64_t k = std::min(V, b1 - i);
-      Tail<T, V> gb(g + i, k), wb(kAdaptive ? w + i : nullptr, k), ab(kAvg ? dir.avg + i : nullptr, k);
+      Tail<T, V> gb(grad + i, k), wb(kAdaptive ? w + i : nullptr, k), ab(kAvg ? dir.avg + i : nullptr, k);
       acc[0] = acc[0] + term(gb.v, wb.v, ab.v);
     }
     total += fold_lanes<C, kUnroll>(acc);
@@ -135,9 +135,10 @@ double sq_norm_range(const T* g, const T* w, const Direction<T>& dir, int64_t be
 }
 
 // ---------------------------------------------------------------------------------- gsam_dot_norm
-// out = [sum(g_sgd * g), sum(x^2)] over [begin, end), x = |w| g (adaptive) or g: the norm's scheme, two sums.
+// out = [sum(g_sgd * g_sam), sum(x^2)] over [begin, end), x = |w| g_sam (adaptive) or g_sam: the norm's scheme,
+// two sums.
 template <typename T, bool kAdaptive>
-void dot_norm_range(const T* g_sgd, const T* g, const T* w, int64_t begin, int64_t end, double* out) {
+void dot_norm_range(const T* g_sgd, const T* g_sam, const T* w, int64_t begin, int64_t end, double* out) {
   using C = compute_t<T>;
   using Vec = Vectorized<C>;
   constexpr int64_t V = Vec::size();
@@ -159,12 +160,12 @@ void dot_norm_range(const T* g_sgd, const T* g, const T* w, int64_t begin, int64
     for (; i + kUnroll * V <= b1; i += kUnroll * V) {
       for (int64_t u = 0; u < kUnroll; ++u) {
         const int64_t j = i + u * V;
-        add(u, g_sgd + j, g + j, kAdaptive ? w + j : nullptr);
+        add(u, g_sgd + j, g_sam + j, kAdaptive ? w + j : nullptr);
       }
     }
     for (; i < b1; i += V) {
       const int64_t k = std::min(V, b1 - i);
-      Tail<T, V> gsb(g_sgd + i, k), gb(g + i, k), wb(kAdaptive ? w + i : nullptr, k);
+      Tail<T, V> gsb(g_sgd + i, k), gb(g_sam + i, k), wb(kAdaptive ? w + i : nullptr, k);
       add(0, gsb.v, gb.v, wb.v);
     }
     total_dot += fold_lanes<C, kUnroll>(dot);
@@ -175,10 +176,10 @@ void dot_norm_range(const T* g_sgd, const T* g, const T* w, int64_t begin, int64
 }
 
 // ---------------------------------------------------------------------------------- perturb_
-// e = (w*w*d*s if adaptive else d*s);  w <- w + e;  e stored when adaptive;  g_sgd <- g when copying.
-// d = g, or the average direction (kAvg).
+// e = (w*w*d*s if adaptive else d*s);  w <- w + e;  e stored when adaptive;  g_sgd <- grad when copying.
+// d = grad, or the average direction (kAvg).
 template <typename T, bool kAdaptive, bool kCopy, bool kAvg>
-void perturb_range(T* w, const T* g, T* g_sgd, T* e, const Direction<T>& dir, double scale, int64_t begin,
+void perturb_range(T* w, const T* grad, T* g_sgd, T* e, const Direction<T>& dir, double scale, int64_t begin,
                    int64_t end) {
   using C = compute_t<T>;
   using Vec = Vectorized<C>;
@@ -201,7 +202,7 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, const Direction<T>& dir, do
       ev = dv * s;
     }
     IO<T>::store(wp, wv + ev);
-    if constexpr (kCopy) {  // g itself, not the direction
+    if constexpr (kCopy) {  // grad itself, not the direction
 #if defined(CPU_CAPABILITY_AVX2)
       if constexpr (std::is_same_v<T, float>) {
         if (stream) {
@@ -210,12 +211,12 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, const Direction<T>& dir, do
         }
       }
 #endif
-      std::memcpy(gsp, gp, V * sizeof(T));  // a bit copy, like g_sgd.copy_(g)
+      std::memcpy(gsp, gp, V * sizeof(T));  // a bit copy, like g_sgd.copy_(grad)
     }
   };
   int64_t i = begin;
   for (; i + V <= end; i += V) {
-    body(w + i, g + i, kCopy ? g_sgd + i : nullptr, kAdaptive ? e + i : nullptr, kAvg ? dir.avg + i : nullptr,
+    body(w + i, grad + i, kCopy ? g_sgd + i : nullptr, kAdaptive ? e + i : nullptr, kAvg ? dir.avg + i : nullptr,
          stream_g_sgd);
   }
 #if defined(CPU_CAPABILITY_AVX2)
@@ -223,7 +224,7 @@ void perturb_range(T* w, const T* g, T* g_sgd, T* e, const Direction<T>& dir, do
 #endif
   if (i < end) {  // tail through the same vector code on zero-padded copies
     const int64_t k = end - i;
-    Tail<T, V> wb(w + i, k), gb(g + i, k), gsb(nullptr, k), eb(nullptr, k), ab(kAvg ? dir.avg + i : nullptr, k);
+    Tail<T, V> wb(w + i, k), gb(grad + i, k), gsb(nullptr, k), eb(nullptr, k), ab(kAvg ? dir.avg + i : nullptr, k);
     body(wb.v, gb.v, gsb.v, eb.v, ab.v, false);
     wb.copy_to(w + i, k);
     if (kCopy) gsb.copy_to(g_sgd + i, k);
@@ -264,240 +265,280 @@ void restore_range(T* w, const T* src, const Direction<T>& dir, double scale, in
 }
 
 // ---------------------------------------------------------------------------------- update_, reweight_
-// update_: restore w, (GSAM) g <- g - gsam_alpha * (g_sgd - k * g), reweight Group B by alpha, weight decay,
-// momentum, step, (average) commit avg; counts A and B when counts != nullptr.
-// reweight_: the unscaling and the Group B reweighting alone, written back to g.
-#if !defined(CPU_CAPABILITY_AVX2)
-// Baseline build: ATen's generic Vectorized compares and blends lane by lane through memory (25x slower
-// than this loop), so the update is a plain loop the compiler vectorizes itself. Same expressions;
-// fmadd is a*b + c with two roundings, exactly what ATen's generic vec::fmadd computes.
-
-// One element's Group B reweighting (division-free mask against den = g_sgd + eps, docs/design.md
-// "Numerics"): alpha * g on Group B, else g; counts Groups A and B.
+// update_: restore w, (GSAM) g_sam <- g_sam - gsam_alpha * (g_sgd - gsam_k * g_sam), reweight Group B by alpha,
+// weight decay, momentum, step, (average) commit avg; counts A and B when counts != nullptr.
+// reweight_: the unscaling and the Group B reweighting alone, written back to g_sam.
+//
+// The math is written once, over a lane type L: Vectorized<C> in the AVX2 build, C itself in the baseline build
+// (there ATen's generic Vectorized compares and blends lane by lane through memory, 25x slower than a plain loop
+// the compiler vectorizes itself). What differs between the two is in the lane_* overloads; lane_fmadd is
+// ATen's vec::fmadd (one fused rounding with AVX2) and a*b + c with two roundings in the scalar build, exactly
+// what ATen's generic vec::fmadd computes.
+template <typename L>
+struct LaneValue {
+  using type = L;
+};
 template <typename C>
-inline C reweighted(C g, C gs, C eps, C alpha, bool use_alpha, int64_t& na, int64_t& nb) {
-  const C den = gs + eps;
-  const bool same = (g > C(0) && den > C(0)) || (g < C(0) && den < C(0));
-  const C gabs = std::abs(g), dabs = std::abs(den);
-  const bool in_b = same && gabs < dabs;
-  na += (same && gabs >= dabs) ? 1 : 0;
-  nb += in_b ? 1 : 0;
-  return use_alpha && in_b ? g * alpha : g;
+struct LaneValue<Vectorized<C>> {
+  using type = C;
+};
+
+template <typename C, std::enable_if_t<std::is_floating_point_v<C>, int> = 0>
+inline C lane_abs(C x) {
+  return std::abs(x);
+}
+template <typename C>
+inline Vectorized<C> lane_abs(const Vectorized<C>& x) {
+  return x.abs();
+}
+template <typename C, std::enable_if_t<std::is_floating_point_v<C>, int> = 0>
+inline C lane_fmadd(C a, C b, C c) {
+  return a * b + c;
+}
+template <typename C>
+inline Vectorized<C> lane_fmadd(const Vectorized<C>& a, const Vectorized<C>& b, const Vectorized<C>& c) {
+  return at::vec::fmadd(a, b, c);
+}
+// mask ? a : b, lane by lane
+template <typename C, std::enable_if_t<std::is_floating_point_v<C>, int> = 0>
+inline C lane_select(bool mask, C a, C b) {
+  return mask ? a : b;
+}
+template <typename C>
+inline Vectorized<C> lane_select(const Vectorized<C>& mask, const Vectorized<C>& a, const Vectorized<C>& b) {
+  return Vectorized<C>::blendv(b, a, mask);
 }
 
+// Group A and B counts: exact integers for scalar lanes; for vectors, per-lane counters in C, exact below 2^24,
+// flushed at least every kCountBlock elements.
+constexpr int64_t kCountBlock = int64_t(1) << 16;
+
+template <typename L>
+struct GroupTally {
+  int64_t a = 0, b = 0;
+  void add(bool in_a, bool in_b) {
+    a += in_a;
+    b += in_b;
+  }
+  void flush(GroupCounts* counts) {
+    if (counts != nullptr) {
+      counts->a += a;
+      counts->b += b;
+    }
+    a = b = 0;
+  }
+};
+
+template <typename C>
+struct GroupTally<Vectorized<C>> {
+  Vectorized<C> a{C(0)}, b{C(0)};
+  void add(const Vectorized<C>& in_a, const Vectorized<C>& in_b) {
+    const Vectorized<C> one(C(1));
+    a = a + (in_a & one);
+    b = b + (in_b & one);
+  }
+  void flush(GroupCounts* counts) {
+    constexpr int64_t V = Vectorized<C>::size();
+    alignas(64) C la[V], lb[V];
+    a.store(la);
+    b.store(lb);
+    int64_t count_a = 0, count_b = 0;
+    for (int64_t l = 0; l < V; ++l) {
+      count_a += static_cast<int64_t>(la[l]);
+      count_b += static_cast<int64_t>(lb[l]);
+    }
+    if (counts != nullptr) {
+      counts->a += count_a;
+      counts->b += count_b;
+    }
+    a = b = Vectorized<C>(C(0));
+  }
+};
+
+// g_sam with Group B scaled by alpha (when use_alpha); counts Groups A and B. The mask is division-free, against
+// den = g_sgd + eps (docs/design.md "Numerics").
+template <typename L>
+inline L reweighted(const L& g_sam, const L& g_sgd, const L& eps, const L& alpha, bool use_alpha,
+                    GroupTally<L>& tally) {
+  using C = typename LaneValue<L>::type;
+  using Mask = decltype(g_sam < g_sam);  // bool, or a Vectorized lane mask
+  const L zero(C(0));
+  const L den = g_sgd + eps;
+  const Mask same = ((g_sam > zero) & (den > zero)) | ((g_sam < zero) & (den < zero));
+  const L g_abs = lane_abs(g_sam), den_abs = lane_abs(den);
+  const Mask in_b = same & (g_abs < den_abs);
+  tally.add(same & (g_abs >= den_abs), in_b);
+  return use_alpha ? lane_select(in_b, g_sam * alpha, g_sam) : g_sam;
+}
+
+// The update of one lane set. w, buf and avg are read and written; buf is not read in a first momentum step.
+template <typename L, bool kAdaptive, bool kHasBuf, bool kMask, bool kAvg, bool kGsam>
+struct UpdateMath {
+  using C = typename LaneValue<L>::type;
+  L s, neg_lr, mu, one_minus_damp, wd, alpha, eps, inv, dir_g, dir_avg, avg_keep, avg_take, gsam_k, gsam_alpha;
+  bool use_alpha, use_wd, nesterov, first, unscale, perturbed;
+
+  template <typename T>
+  explicit UpdateMath(const UpdateArgs<T>& a)
+      : s(static_cast<C>(a.scale)),
+        neg_lr(static_cast<C>(-a.lr)),
+        mu(static_cast<C>(a.momentum)),
+        one_minus_damp(static_cast<C>(1.0 - a.dampening)),  // (1 - tau) rounded once, as in Python
+        wd(static_cast<C>(a.weight_decay)),
+        alpha(static_cast<C>(a.alpha)),
+        eps(static_cast<C>(a.eps)),
+        inv(static_cast<C>(a.inv_scale)),
+        dir_g(static_cast<C>(a.dir_g)),
+        dir_avg(static_cast<C>(a.dir_avg)),
+        avg_keep(static_cast<C>(a.avg_keep)),
+        avg_take(static_cast<C>(a.avg_take)),
+        gsam_k(static_cast<C>(a.gsam_k)),
+        gsam_alpha(static_cast<C>(a.gsam_alpha)),
+        use_alpha(a.alpha != 1.0),
+        use_wd(a.weight_decay != 0.0),  // no 0 * w term: an infinite weight stays infinite
+        nesterov(a.nesterov),
+        first(a.first_momentum_step),
+        unscale(a.unscale),
+        perturbed(a.perturbed) {}
+
+  bool reads_buf() const { return kHasBuf && !first; }
+
+  void operator()(L& w, L g_sam, L g_sgd, L& buf, const L& e, L& avg, GroupTally<L>& tally) const {
+    L ev(C(0));
+    if (perturbed) {  // e from the stored g_sgd (and avg)
+      if constexpr (kAdaptive) {
+        ev = e;
+      } else if constexpr (kAvg) {
+        ev = (g_sgd * dir_g + avg * dir_avg) * s;
+      } else {
+        ev = g_sgd * s;
+      }
+    }
+    const L wv = w - ev;
+    if (unscale) {
+      g_sam = g_sam * inv;
+      g_sgd = g_sgd * inv;
+    }
+    if constexpr (kGsam) g_sam = g_sam - (g_sgd - gsam_k * g_sam) * gsam_alpha;  // t = k*g; u = g_sgd - t; g - u*alpha
+    L d = g_sam;
+    if constexpr (kMask) d = reweighted(g_sam, g_sgd, eps, alpha, use_alpha, tally);
+    // torch.add(x, y, alpha=a) steps, as torch.optim.SGD and the reference do them: ATen evaluates
+    // x + a*y as vec::fmadd(y, a, x), one fused rounding with AVX2, and so does lane_fmadd here.
+    if (use_wd) d = lane_fmadd(wv, wd, d);  // d.add(w, alpha=wd)
+    if constexpr (kHasBuf) {
+      const L new_buf = first ? d : lane_fmadd(d, one_minus_damp, buf * mu);  // buf.mul(mu).add_(d, alpha=1-tau)
+      d = nesterov ? lane_fmadd(new_buf, mu, d) : new_buf;                   // d.add(buf, alpha=mu)
+      buf = new_buf;
+    }
+    w = lane_fmadd(d, neg_lr, wv);                                   // w.add(d, alpha=-lr)
+    if constexpr (kAvg) avg = avg * avg_keep + g_sgd * avg_take;  // the unscaled g_sgd
+  }
+};
+
+// The reweighting of one lane set: the new g_sam.
+template <typename L, bool kMask>
+struct ReweightMath {
+  using C = typename LaneValue<L>::type;
+  L alpha, eps, inv;
+  bool use_alpha, unscale;
+
+  template <typename T>
+  explicit ReweightMath(const ReweightArgs<T>& a)
+      : alpha(static_cast<C>(a.alpha)),
+        eps(static_cast<C>(a.eps)),
+        inv(static_cast<C>(a.inv_scale)),
+        use_alpha(a.alpha != 1.0),
+        unscale(a.unscale) {}
+
+  L operator()(L g_sam, L g_sgd, GroupTally<L>& tally) const {
+    if (unscale) {
+      g_sam = g_sam * inv;
+      if constexpr (kMask) g_sgd = g_sgd * inv;
+    }
+    if constexpr (kMask) return reweighted(g_sam, g_sgd, eps, alpha, use_alpha, tally);
+    return g_sam;
+  }
+};
+
+#if !defined(CPU_CAPABILITY_AVX2)
+// Baseline build: plain loops over scalar lanes, which the compiler vectorizes itself.
 template <typename T, bool kAdaptive, bool kHasBuf, bool kMask, bool kAvg, bool kGsam>
 void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts) {
   using C = compute_t<T>;
-  const C s = static_cast<C>(a.scale);
-  const C neg_lr = static_cast<C>(-a.lr);
-  const C mu = static_cast<C>(a.momentum);
-  const C damp = static_cast<C>(1.0 - a.dampening);
-  const C wd = static_cast<C>(a.weight_decay);
-  const C alpha = static_cast<C>(a.alpha);
-  const C eps = static_cast<C>(a.eps);
-  const C inv = static_cast<C>(a.inv_scale);
-  const C dg = static_cast<C>(a.dir_g), da = static_cast<C>(a.dir_avg);
-  const C keep = static_cast<C>(a.avg_keep), take = static_cast<C>(a.avg_take);
-  const C gk = static_cast<C>(a.gsam_k), ga = static_cast<C>(a.gsam_alpha);
-  const bool use_alpha = a.alpha != 1.0;
-  const bool use_wd = a.weight_decay != 0.0;  // no 0 * w term: an infinite weight stays infinite
-  const bool nesterov = a.nesterov;
-  const bool first = a.first_momentum_step;
-  const bool unscale = a.unscale;
-  const bool perturbed = a.perturbed;
-  int64_t na = 0, nb_count = 0;
+  const UpdateMath<C, kAdaptive, kHasBuf, kMask, kAvg, kGsam> math(a);
+  const bool read_buf = math.reads_buf();
+  GroupTally<C> tally;
   T* __restrict__ wp = a.w;  // distinct buffers: lets the compiler vectorize the loop
   T* __restrict__ bp = a.buf;
   T* __restrict__ ap = a.avg;
-  const T* __restrict__ gp = a.g;
+  const T* __restrict__ gp = a.g_sam;
   const T* __restrict__ gsp = a.g_sgd;
   const T* __restrict__ ep = a.e;
   for (int64_t i = begin; i < end; ++i) {
-    C g = static_cast<C>(gp[i]);
-    C gs = static_cast<C>(gsp[i]);
-    const C av = kAvg ? static_cast<C>(ap[i]) : C(0);
-    C ev = C(0);  // e from the stored g_sgd (and avg)
-    if (perturbed) {
-      if constexpr (kAdaptive) {
-        ev = static_cast<C>(ep[i]);
-      } else if constexpr (kAvg) {
-        ev = (gs * dg + av * da) * s;
-      } else {
-        ev = gs * s;
-      }
-    }
-    const C wv = static_cast<C>(wp[i]) - ev;
-    if (unscale) {
-      g = g * inv;
-      gs = gs * inv;
-    }
-    if constexpr (kGsam) g = g - (gs - gk * g) * ga;
-    C d = kMask ? reweighted(g, gs, eps, alpha, use_alpha, na, nb_count) : g;
-    if (use_wd) d = wv * wd + d;
-    if constexpr (kHasBuf) {
-      const C nb = first ? d : d * damp + static_cast<C>(bp[i]) * mu;
-      d = nesterov ? nb * mu + d : nb;
-      bp[i] = static_cast<T>(nb);
-    }
-    wp[i] = static_cast<T>(d * neg_lr + wv);
-    if constexpr (kAvg) ap[i] = static_cast<T>(av * keep + gs * take);  // the unscaled g_sgd
+    C w = static_cast<C>(wp[i]);
+    C buf = read_buf ? static_cast<C>(bp[i]) : C(0);
+    C avg = kAvg ? static_cast<C>(ap[i]) : C(0);
+    math(w, static_cast<C>(gp[i]), static_cast<C>(gsp[i]), buf, kAdaptive ? static_cast<C>(ep[i]) : C(0), avg,
+         tally);
+    wp[i] = static_cast<T>(w);
+    if constexpr (kHasBuf) bp[i] = static_cast<T>(buf);
+    if constexpr (kAvg) ap[i] = static_cast<T>(avg);
   }
-  if (counts != nullptr) {
-    counts->a += na;
-    counts->b += nb_count;
-  }
+  if constexpr (kMask) tally.flush(counts);
 }
 
 template <typename T, bool kMask, bool kWrite>
 void reweight_range(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts) {
   using C = compute_t<T>;
-  const C alpha = static_cast<C>(a.alpha);
-  const C eps = static_cast<C>(a.eps);
-  const C inv = static_cast<C>(a.inv_scale);
-  const bool use_alpha = a.alpha != 1.0;
-  const bool unscale = a.unscale;
-  int64_t na = 0, nb_count = 0;
-  T* __restrict__ gp = a.g;
+  const ReweightMath<C, kMask> math(a);
+  GroupTally<C> tally;
+  T* __restrict__ gp = a.g_sam;
   const T* __restrict__ gsp = a.g_sgd;
   for (int64_t i = begin; i < end; ++i) {
-    C g = static_cast<C>(gp[i]);
-    C gs = kMask ? static_cast<C>(gsp[i]) : C(0);
-    if (unscale) {
-      g = g * inv;
-      gs = gs * inv;
-    }
-    const C d = kMask ? reweighted(g, gs, eps, alpha, use_alpha, na, nb_count) : g;
+    const C d = math(static_cast<C>(gp[i]), kMask ? static_cast<C>(gsp[i]) : C(0), tally);
     if constexpr (kWrite) gp[i] = static_cast<T>(d);
   }
-  if (counts != nullptr) {
-    counts->a += na;
-    counts->b += nb_count;
-  }
+  if constexpr (kMask) tally.flush(counts);
 }
 #else
-// Group B mask of g against den = g_sgd + eps (division-free, docs/design.md "Numerics"); adds each lane's
-// Group A and B membership (1.0f) to the lane counters.
-template <typename C>
-inline Vectorized<C> group_b(const Vectorized<C>& gv, const Vectorized<C>& gsv, const Vectorized<C>& eps,
-                             Vectorized<C>& acc_a, Vectorized<C>& acc_b) {
-  using Vec = Vectorized<C>;
-  const Vec zero(C(0)), one(C(1));
-  const Vec den = gsv + eps;
-  const Vec same = ((gv > zero) & (den > zero)) | ((gv < zero) & (den < zero));
-  const Vec ga = gv.abs();
-  const Vec da = den.abs();
-  const Vec mb = same & (ga < da);
-  acc_a = acc_a + (same & (ga >= da) & one);
-  acc_b = acc_b + (mb & one);
-  return mb;
-}
-
-// Adds the lane counters to counts (when given) and resets them.
-template <typename C>
-inline void flush_counts(Vectorized<C>& acc_a, Vectorized<C>& acc_b, GroupCounts* counts) {
-  constexpr int64_t V = Vectorized<C>::size();
-  alignas(64) C la[V], lb[V];
-  acc_a.store(la);
-  acc_b.store(lb);
-  int64_t na = 0, nb = 0;
-  for (int64_t l = 0; l < V; ++l) {
-    na += static_cast<int64_t>(la[l]);
-    nb += static_cast<int64_t>(lb[l]);
-  }
-  if (counts != nullptr) {
-    counts->a += na;
-    counts->b += nb;
-  }
-  acc_a = Vectorized<C>(C(0));
-  acc_b = Vectorized<C>(C(0));
-}
-
-// Blocks short enough that the fp32 lane counters stay exact (< 2^24) before being flushed.
-constexpr int64_t kCountBlock = int64_t(1) << 16;
-
+// AVX2 build: Vectorized lanes; blocks of kCountBlock elements between count flushes; the tail through the same
+// vector code on zero-padded copies (the padding is never counted in A or B: g_sam == 0 is Group C).
 template <typename T, bool kAdaptive, bool kHasBuf, bool kMask, bool kAvg, bool kGsam>
 void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts) {
   using C = compute_t<T>;
   using Vec = Vectorized<C>;
   constexpr int64_t V = Vec::size();
-  const Vec s(static_cast<C>(a.scale));
-  const Vec neg_lr(static_cast<C>(-a.lr));
-  const Vec mu(static_cast<C>(a.momentum));
-  const Vec damp(static_cast<C>(1.0 - a.dampening));  // (1 - tau) rounded once, as in Python
-  const Vec wd(static_cast<C>(a.weight_decay));
-  const Vec alpha(static_cast<C>(a.alpha));
-  const Vec eps(static_cast<C>(a.eps));
-  const Vec inv(static_cast<C>(a.inv_scale));
-  const Vec dg(static_cast<C>(a.dir_g)), da(static_cast<C>(a.dir_avg));
-  const Vec keep(static_cast<C>(a.avg_keep)), take(static_cast<C>(a.avg_take));
-  const Vec gk(static_cast<C>(a.gsam_k)), ga(static_cast<C>(a.gsam_alpha));
-  const Vec zero(C(0));
-  const bool use_alpha = a.alpha != 1.0;
-  const bool use_wd = a.weight_decay != 0.0;  // no 0 * w term: an infinite weight stays infinite
-  const bool nesterov = a.nesterov;
-  const bool first = a.first_momentum_step;
-  const bool unscale = a.unscale;
-  const bool perturbed = a.perturbed;
-  Vec acc_a(C(0)), acc_b(C(0));
-
+  const UpdateMath<Vec, kAdaptive, kHasBuf, kMask, kAvg, kGsam> math(a);
+  const bool read_buf = math.reads_buf();
+  GroupTally<Vec> tally;
   auto body = [&](T* wp, const T* gp, const T* gsp, T* bp, const T* ep, T* ap) {
-    Vec gv = IO<T>::load(gp);
-    Vec gsv = IO<T>::load(gsp);
-    Vec av;
-    if constexpr (kAvg) av = IO<T>::load(ap);
-    Vec ev = zero;
-    if (perturbed) {  // e from the stored g_sgd (and avg)
-      if constexpr (kAdaptive) {
-        ev = IO<T>::load(ep);
-      } else if constexpr (kAvg) {
-        ev = (gsv * dg + av * da) * s;
-      } else {
-        ev = gsv * s;
-      }
-    }
-    const Vec wv = IO<T>::load(wp) - ev;
-    if (unscale) {
-      gv = gv * inv;
-      gsv = gsv * inv;
-    }
-    if constexpr (kGsam) gv = gv - (gsv - gk * gv) * ga;  // t = k*g; u = g_sgd - t; v = u*alpha; g - v
-    Vec d = gv;
-    if constexpr (kMask) {
-      const Vec mb = group_b(gv, gsv, eps, acc_a, acc_b);
-      if (use_alpha) d = Vec::blendv(gv, gv * alpha, mb);
-    }
-    // torch.add(x, y, alpha=a) steps, as torch.optim.SGD and the reference do them: ATen evaluates
-    // x + a*y as vec::fmadd(y, a, x), one fused rounding with AVX2, and so does at::vec::fmadd here.
-    if (use_wd) d = at::vec::fmadd(wv, wd, d);  // d.add(w, alpha=wd)
-    if constexpr (kHasBuf) {
-      // buf.mul(mu).add_(d, alpha=1-tau); the first step reads no buf
-      const Vec nb = first ? d : at::vec::fmadd(d, damp, IO<T>::load(bp) * mu);
-      d = nesterov ? at::vec::fmadd(nb, mu, d) : nb;  // d.add(buf, alpha=mu)
-      IO<T>::store(bp, nb);
-    }
-    IO<T>::store(wp, at::vec::fmadd(d, neg_lr, wv));  // w.add(d, alpha=-lr)
-    if constexpr (kAvg) IO<T>::store(ap, av * keep + gsv * take);  // the unscaled g_sgd
+    Vec w = IO<T>::load(wp);
+    Vec buf = read_buf ? IO<T>::load(bp) : Vec(C(0));
+    Vec avg = kAvg ? IO<T>::load(ap) : Vec(C(0));
+    math(w, IO<T>::load(gp), IO<T>::load(gsp), buf, kAdaptive ? IO<T>::load(ep) : Vec(C(0)), avg, tally);
+    if constexpr (kHasBuf) IO<T>::store(bp, buf);
+    IO<T>::store(wp, w);
+    if constexpr (kAvg) IO<T>::store(ap, avg);
   };
-
   int64_t i = begin;
   while (i + V <= end) {
     const int64_t stop = std::min(end, i + kCountBlock);
     for (; i + V <= stop; i += V) {
-      body(a.w + i, a.g + i, a.g_sgd + i, kHasBuf ? a.buf + i : nullptr, kAdaptive ? a.e + i : nullptr,
+      body(a.w + i, a.g_sam + i, a.g_sgd + i, kHasBuf ? a.buf + i : nullptr, kAdaptive ? a.e + i : nullptr,
            kAvg ? a.avg + i : nullptr);
     }
-    if constexpr (kMask) flush_counts(acc_a, acc_b, counts);
+    if constexpr (kMask) tally.flush(counts);
   }
-  if (i < end) {  // tail: the zero padding is never counted in A or B (g == 0 is Group C)
+  if (i < end) {
     const int64_t k = end - i;
-    Tail<T, V> wb(a.w + i, k), gb(a.g + i, k), gsb(a.g_sgd + i, k);
+    Tail<T, V> wb(a.w + i, k), gb(a.g_sam + i, k), gsb(a.g_sgd + i, k);
     Tail<T, V> bb(kHasBuf ? a.buf + i : nullptr, k), eb(kAdaptive ? a.e + i : nullptr, k);
     Tail<T, V> ab(kAvg ? a.avg + i : nullptr, k);
     body(wb.v, gb.v, gsb.v, bb.v, eb.v, ab.v);
     wb.copy_to(a.w + i, k);
     if (kHasBuf) bb.copy_to(a.buf + i, k);
     if (kAvg) ab.copy_to(a.avg + i, k);
-    if constexpr (kMask) flush_counts(acc_a, acc_b, counts);
+    if constexpr (kMask) tally.flush(counts);
   }
 }
 
@@ -506,36 +547,24 @@ void reweight_range(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupC
   using C = compute_t<T>;
   using Vec = Vectorized<C>;
   constexpr int64_t V = Vec::size();
-  const Vec alpha(static_cast<C>(a.alpha));
-  const Vec eps(static_cast<C>(a.eps));
-  const Vec inv(static_cast<C>(a.inv_scale));
-  const bool use_alpha = a.alpha != 1.0;
-  const bool unscale = a.unscale;
-  Vec acc_a(C(0)), acc_b(C(0));
+  const ReweightMath<Vec, kMask> math(a);
+  GroupTally<Vec> tally;
   auto body = [&](T* gp, const T* gsp) {
-    Vec gv = IO<T>::load(gp);
-    if (unscale) gv = gv * inv;
-    Vec d = gv;
-    if constexpr (kMask) {
-      Vec gsv = IO<T>::load(gsp);
-      if (unscale) gsv = gsv * inv;
-      const Vec mb = group_b(gv, gsv, eps, acc_a, acc_b);
-      if (use_alpha) d = Vec::blendv(gv, gv * alpha, mb);
-    }
+    const Vec d = math(IO<T>::load(gp), kMask ? IO<T>::load(gsp) : Vec(C(0)), tally);
     if constexpr (kWrite) IO<T>::store(gp, d);
   };
   int64_t i = begin;
   while (i + V <= end) {
     const int64_t stop = std::min(end, i + kCountBlock);
-    for (; i + V <= stop; i += V) body(a.g + i, kMask ? a.g_sgd + i : nullptr);
-    if constexpr (kMask) flush_counts(acc_a, acc_b, counts);
+    for (; i + V <= stop; i += V) body(a.g_sam + i, kMask ? a.g_sgd + i : nullptr);
+    if constexpr (kMask) tally.flush(counts);
   }
   if (i < end) {
     const int64_t k = end - i;
-    Tail<T, V> gb(a.g + i, k), gsb(kMask ? a.g_sgd + i : nullptr, k);
+    Tail<T, V> gb(a.g_sam + i, k), gsb(kMask ? a.g_sgd + i : nullptr, k);
     body(gb.v, gsb.v);
-    if (kWrite) gb.copy_to(a.g + i, k);
-    if constexpr (kMask) flush_counts(acc_a, acc_b, counts);
+    if (kWrite) gb.copy_to(a.g_sam + i, k);
+    if constexpr (kMask) tally.flush(counts);
   }
 }
 #endif
@@ -568,10 +597,9 @@ KernelTable<T> make_table() {
   t.restore[kFromGsgd] = &restore_range<T, kFromGsgd>;
   t.restore[kFromE] = &restore_range<T, kFromE>;
   t.restore[kFromDirection] = &restore_range<T, kFromDirection>;
-  t.reweight[0][0] = nullptr;  // nothing to do: the front end returns first
-  t.reweight[0][1] = &reweight_range<T, false, true>;
-  t.reweight[1][0] = &reweight_range<T, true, false>;
-  t.reweight[1][1] = &reweight_range<T, true, true>;
+  t.reweight[kUnscaleOnly] = &reweight_range<T, false, true>;
+  t.reweight[kCountOnly] = &reweight_range<T, true, false>;
+  t.reweight[kReweight] = &reweight_range<T, true, true>;
   return t;
 }
 

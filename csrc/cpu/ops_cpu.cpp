@@ -77,15 +77,15 @@ void add_stats(const std::optional<at::Tensor>& stats, const std::vector<GroupCo
   sp[2] += valid - total.a - total.b;
 }
 
-at::Tensor grad_sq_norm_cpu(const at::Tensor& g, const std::optional<at::Tensor>& w,
+at::Tensor grad_sq_norm_cpu(const at::Tensor& grad, const std::optional<at::Tensor>& w,
                             const std::optional<at::Tensor>& avg, double dir_g, double dir_avg) {
-  check_norm_args(g, w, avg);
-  const int64_t n = g.numel();
+  check_norm_args(grad, w, avg);
+  const int64_t n = grad.numel();
   const int64_t n_chunks = (n + kNormChunk - 1) / kNormChunk;
   std::vector<double> partial(static_cast<size_t>(n_chunks), 0.0);
-  dispatch_dtype(g.scalar_type(), [&](auto tag) {
+  dispatch_dtype(grad.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* gp = g.const_data_ptr<T>();
+    const T* gp = grad.const_data_ptr<T>();
     const T* wp = w.has_value() ? w->const_data_ptr<T>() : nullptr;
     const Direction<T> dir = direction_of<T>(avg, dir_g, dir_avg);
     const auto fn = kernels<T>().sq_norm[w.has_value()][avg.has_value()];
@@ -97,18 +97,19 @@ at::Tensor grad_sq_norm_cpu(const at::Tensor& g, const std::optional<at::Tensor>
   });
   double total = 0.0;
   for (double p : partial) total += p;  // fixed order: deterministic whatever the thread count
-  return at::scalar_tensor(total, g.options().dtype(g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  return at::scalar_tensor(total,
+                           grad.options().dtype(grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
 }
 
-at::Tensor gsam_dot_norm_cpu(const at::Tensor& g_sgd, const at::Tensor& g, const std::optional<at::Tensor>& w) {
-  check_dot_norm_args(g_sgd, g, w);
-  const int64_t n = g.numel();
+at::Tensor gsam_dot_norm_cpu(const at::Tensor& g_sgd, const at::Tensor& g_sam, const std::optional<at::Tensor>& w) {
+  check_dot_norm_args(g_sgd, g_sam, w);
+  const int64_t n = g_sam.numel();
   const int64_t n_chunks = (n + kNormChunk - 1) / kNormChunk;
   std::vector<double> partial(static_cast<size_t>(2 * n_chunks), 0.0);
-  dispatch_dtype(g.scalar_type(), [&](auto tag) {
+  dispatch_dtype(g_sam.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* gsp = g_sgd.const_data_ptr<T>();
-    const T* gp = g.const_data_ptr<T>();
+    const T* gp = g_sam.const_data_ptr<T>();
     const T* wp = w.has_value() ? w->const_data_ptr<T>() : nullptr;
     const auto fn = kernels<T>().dot_norm[w.has_value()];
     at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -122,8 +123,8 @@ at::Tensor gsam_dot_norm_cpu(const at::Tensor& g_sgd, const at::Tensor& g, const
     dot += partial[2 * c];
     sq += partial[2 * c + 1];
   }
-  const bool is_double = g.scalar_type() == at::kDouble;
-  at::Tensor out = at::empty({2}, g.options().dtype(is_double ? at::kDouble : at::kFloat));
+  const bool is_double = g_sam.scalar_type() == at::kDouble;
+  at::Tensor out = at::empty({2}, g_sam.options().dtype(is_double ? at::kDouble : at::kFloat));
   if (is_double) {
     out.data_ptr<double>()[0] = dot;
     out.data_ptr<double>()[1] = sq;
@@ -134,17 +135,17 @@ at::Tensor gsam_dot_norm_cpu(const at::Tensor& g_sgd, const at::Tensor& g, const
   return out;
 }
 
-void perturb_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& scale, const at::Tensor& skip,
+void perturb_cpu(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& scale, const at::Tensor& skip,
                  const std::optional<at::Tensor>& e, const std::optional<at::Tensor>& g_sgd,
                  const std::optional<at::Tensor>& avg, double dir_g, double dir_avg) {
-  check_perturb_args(w, g, scale, skip, e, g_sgd, avg);
+  check_perturb_args(w, grad, scale, skip, e, g_sgd, avg);
   const int64_t n = w.numel();
   if (n == 0 || read_skip(skip)) return;
   const double s = read_scale(scale);
   dispatch_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     T* wp = w.data_ptr<T>();
-    const T* gp = g.const_data_ptr<T>();
+    const T* gp = grad.const_data_ptr<T>();
     T* ep = e.has_value() ? e->data_ptr<T>() : nullptr;
     T* gsp = g_sgd.has_value() ? g_sgd->data_ptr<T>() : nullptr;
     const Direction<T> dir = direction_of<T>(avg, dir_g, dir_avg);
@@ -153,7 +154,7 @@ void perturb_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& sca
   });
 }
 
-// w <- w - e over [0, n) (the restore of restore_ and of a skipped update_); e is +0 when s == 0.
+// w <- w - e over [0, n) (the restore of restore_ and of a skipped update_); nothing to subtract when s == 0.
 template <typename T>
 void restore_all(T* wp, const T* g_sgd, const std::optional<at::Tensor>& e, const Direction<T>& dir, double s,
                  int64_t n, T* zero_a = nullptr, T* zero_b = nullptr) {
@@ -169,7 +170,7 @@ void restore_all(T* wp, const T* g_sgd, const std::optional<at::Tensor>& e, cons
   });
 }
 
-void update_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sgd,
+void update_cpu(const at::Tensor& w, const at::Tensor& g_sam, const at::Tensor& g_sgd,
                 const std::optional<at::Tensor>& buf, const at::Tensor& scale, const at::Tensor& skip, double lr,
                 double momentum, double dampening, double weight_decay, double alpha, double eps, bool nesterov,
                 const std::optional<at::Tensor>& e, bool first_momentum_step, bool zero_grads,
@@ -177,7 +178,7 @@ void update_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sg
                 const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& avg, double dir_g,
                 double dir_avg, double avg_keep, double avg_take, const std::optional<at::Tensor>& gsam_k,
                 double gsam_alpha) {
-  check_update_args(w, g, g_sgd, buf, scale, skip, e, stats, inv_scale, avg, gsam_k);
+  check_update_args(w, g_sam, g_sgd, buf, scale, skip, e, stats, inv_scale, avg, gsam_k);
   const int64_t n = w.numel();
   const int64_t valid = valid_count(n_valid, n);
   if (n == 0) return;
@@ -188,16 +189,16 @@ void update_cpu(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sg
   dispatch_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     T* wp = w.data_ptr<T>();
-    T* gp = g.data_ptr<T>();
+    T* gp = g_sam.data_ptr<T>();
     T* gsp = g_sgd.data_ptr<T>();
-    if (skipped) {  // restore w (an overflow found in the second pass), and zero what was asked for
+    if (skipped) {  // restore w, and zero what was asked for (docs/design.md "Kernel contract")
       restore_all<T>(wp, gsp, e, direction_of<T>(avg, dir_g, dir_avg), s, n, zero_grads ? gp : nullptr,
                      zero_grads ? gsp : nullptr);
       return;
     }
     UpdateArgs<T> a;
     a.w = wp;
-    a.g = gp;
+    a.g_sam = gp;
     a.g_sgd = gsp;
     a.buf = buf.has_value() ? buf->data_ptr<T>() : nullptr;
     a.e = e.has_value() ? e->const_data_ptr<T>() : nullptr;
@@ -239,7 +240,7 @@ void restore_cpu(const at::Tensor& w, const at::Tensor& scale, const at::Tensor&
   check_restore_args(w, scale, skip, g_sgd, e, avg);
   const int64_t n = w.numel();
   const double s = read_scale(scale);
-  if (n == 0 || read_skip(skip) || s == 0.0) return;  // scale 0: nothing was perturbed, e is +0
+  if (n == 0 || read_skip(skip) || s == 0.0) return;  // nothing to restore
   dispatch_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* gsp = g_sgd.has_value() ? g_sgd->const_data_ptr<T>() : nullptr;
@@ -247,26 +248,27 @@ void restore_cpu(const at::Tensor& w, const at::Tensor& scale, const at::Tensor&
   });
 }
 
-void reweight_cpu(const at::Tensor& g, const at::Tensor& g_sgd, const at::Tensor& skip, double alpha, double eps,
-                  const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
+void reweight_cpu(const at::Tensor& g_sam, const at::Tensor& g_sgd, const at::Tensor& skip, double alpha,
+                  double eps, const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
                   const std::optional<at::Tensor>& inv_scale) {
-  check_reweight_args(g, g_sgd, skip, stats, inv_scale);
-  const int64_t n = g.numel();
+  check_reweight_args(g_sam, g_sgd, skip, stats, inv_scale);
+  const int64_t n = g_sam.numel();
   const int64_t valid = valid_count(n_valid, n);
   const bool mask = alpha != 1.0 || stats.has_value();
-  const bool write = alpha != 1.0 || inv_scale.has_value();  // else g is written back as it is
+  const bool write = alpha != 1.0 || inv_scale.has_value();  // else g_sam is written back as it is
   if (n == 0 || read_skip(skip) || !(mask || write)) return;
+  const ReweightVariant variant = !mask ? kUnscaleOnly : !write ? kCountOnly : kReweight;
   std::vector<GroupCounts> counts(static_cast<size_t>((n + kGrain - 1) / kGrain));
-  dispatch_dtype(g.scalar_type(), [&](auto tag) {
+  dispatch_dtype(g_sam.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     ReweightArgs<T> a;
-    a.g = g.data_ptr<T>();
+    a.g_sam = g_sam.data_ptr<T>();
     a.g_sgd = g_sgd.const_data_ptr<T>();
     a.alpha = alpha;
     a.eps = eps;
     a.unscale = inv_scale.has_value();
     a.inv_scale = read_scalar(inv_scale, 1.0);
-    const auto fn = kernels<T>().reweight[mask][write];
+    const auto fn = kernels<T>().reweight[variant];
     for_each_task(n, [&](int64_t t, int64_t b, int64_t en) {
       counted_ranges(valid, b, en, &counts[t], [&](int64_t r0, int64_t r1, GroupCounts* c) { fn(a, r0, r1, c); });
     });

@@ -7,8 +7,9 @@ non-empty when it is built but stale or broken. Backend modules are imported laz
 Triton or an unbuilt extension never breaks ``import saner_kernels``.
 
 The native ops (``native.py``) are one implementation for CPU and CUDA tensors; users name them by the
-device they want: ``"cpp"`` (CPU tensors) and ``"cuda"`` (CUDA tensors). The object ``resolve_backend``
-returns has ``NAME``: the name a user passes (``SANER.backends()`` reports it).
+device they want: ``"cpp"`` (the C++ op on CPU tensors) and ``"cuda_cpp"`` (the CUDA C++ op on CUDA tensors;
+Triton runs on CUDA tensors too, under ``"triton"``). The object ``resolve_backend`` returns has ``NAME``: the
+name a user passes (``SANER.backends()`` reports it).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ _BACKEND_MODULES = {
     "reference": (".reference", None),
     "triton": (".triton", None),
     "cpp": (".native", "cpu"),
-    "cuda": (".native", "cuda"),
+    "cuda_cpp": (".native", "cuda"),
 }
 BACKEND_NAMES = tuple(_BACKEND_MODULES)
+# Old name -> its name now; the old one still works, with a DeprecationWarning.
+_RENAMED = {"cuda": "cuda_cpp"}
 _CONTRACT = ("DTYPES", "grad_sq_norm", "perturb_", "update_", "restore_", "gsam_dot_norm", "reweight_")
 
 
@@ -95,11 +98,24 @@ def _load(name: str) -> tuple[Optional[object], str]:
     return _LOADED[name], ""
 
 
+def _current_name(name: str) -> str:
+    """``name``, or the name a renamed backend has now (with a DeprecationWarning)."""
+    if name in _RENAMED:
+        warnings.warn(
+            f"saner_kernels: backend {name!r} is now called {_RENAMED[name]!r}; the old name will go away",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return _RENAMED[name]
+    return name
+
+
 def _default_device(name: str) -> torch.device:
-    return torch.device("cuda" if name in ("cuda", "triton") else "cpu")
+    return torch.device("cuda" if name in ("cuda_cpp", "triton") else "cpu")
 
 
 def backend_status(name: str, device: Union[str, torch.device, None] = None) -> Availability:
+    name = _current_name(name)
     if name not in _BACKEND_MODULES:
         raise ValueError(f"unknown backend {name!r}; choose 'auto' or one of {BACKEND_NAMES}")
     backend, reason = _load(name)
@@ -120,7 +136,7 @@ def available_backends(device: Union[str, torch.device, None] = None) -> dict[st
 
 def _auto_order(device: torch.device) -> tuple[str, ...]:
     if device.type == "cuda":
-        return ("triton", "cuda", "reference")
+        return ("triton", "cuda_cpp", "reference")
     if device.type == "cpu":
         return ("cpp", "reference")
     return ("reference",)
@@ -138,7 +154,7 @@ def _warn_unusable_build(name: str) -> None:
 
 
 def check_backend_name(name: str) -> None:
-    if name != "auto" and name not in _BACKEND_MODULES:
+    if name != "auto" and _current_name(name) not in _BACKEND_MODULES:
         raise ValueError(
             f"unknown backend {name!r}; choose 'auto' or one of {BACKEND_NAMES}. "
             f"available_backends() = {available_backends()}"
@@ -147,6 +163,7 @@ def check_backend_name(name: str) -> None:
 
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
     """The backend for ``dtype`` tensors on ``device``; ``auto`` follows docs/design.md ("Backends")."""
+    name = "auto" if name == "auto" else _current_name(name)
     check_backend_name(name)
     device = torch.device(device)
     if name == "auto":

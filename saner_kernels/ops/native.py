@@ -3,10 +3,11 @@
 One implementation for CPU and CUDA tensors: the dispatcher routes each call to the vectorized C++ CPU
 kernels (AVX2+FMA or the baseline ISA, OpenMP) or to the CUDA C++ kernels (built only against a CUDA build
 of torch, with nvcc at hand). The registry (``ops/__init__.py``) offers it under the names users pass:
-``"cpp"`` for CPU tensors, ``"cuda"`` for CUDA tensors.
+``"cpp"`` for CPU tensors, ``"cuda_cpp"`` for CUDA tensors.
 
-The wrappers are thin: the names and Python signatures of ``reference.py`` (the contract, v3), with
-``UpdateHyper``'s and ``AverageHyper``'s fields passed flat; the C++ side checks the arguments. Importing
+The wrappers are thin: the names and Python signatures of ``reference.py`` (the contract, v3), the shared
+argument checks (``checks.py``), then the op with ``UpdateHyper``'s and ``AverageHyper``'s fields passed flat
+(the C++ front end checks again what reaches it). Importing
 this module never fails because the extension is missing, stale or broken: ``is_available`` says why, with
 the command that (re)builds it, and ``build_problem`` tells a stale or broken build (which
 ``backend="auto"`` warns about) from a missing one.
@@ -21,10 +22,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._source_hash import source_hash
+from .._source_hash import ABI_VERSION, source_hash
+from . import checks
 from .hyper import AverageHyper, UpdateHyper
 
-ABI_VERSION = 4  # must equal kAbiVersion in csrc/common.h
 BUILD_HINT = "pip install --no-build-isolation -e .  (or `pip install --no-build-isolation .`)"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -94,9 +95,8 @@ def is_available(device) -> tuple[bool, str]:
 
 
 def _average(avg: Optional[Tensor], avg_hyper: Optional[AverageHyper], commit: bool = False) -> dict:
-    """The flat schema arguments of an average (none without one: the schema's defaults mean "no average")."""
-    if (avg is None) != (avg_hyper is None):
-        raise ValueError("avg and avg_hyper go together: give both or neither")
+    """The flat schema arguments of a checked average (none without one: the schema's defaults mean "no
+    average")."""
     if avg is None:
         return {}
     flat = dict(avg=avg, dir_g=avg_hyper.dir_g, dir_avg=avg_hyper.dir_avg)
@@ -106,14 +106,19 @@ def _average(avg: Optional[Tensor], avg_hyper: Optional[AverageHyper], commit: b
 
 
 def grad_sq_norm(
-    g: Tensor, w: Optional[Tensor] = None, *, avg: Optional[Tensor] = None, avg_hyper: Optional[AverageHyper] = None
+    grad: Tensor,
+    w: Optional[Tensor] = None,
+    *,
+    avg: Optional[Tensor] = None,
+    avg_hyper: Optional[AverageHyper] = None,
 ) -> Tensor:
-    return torch.ops.saner_kernels.grad_sq_norm(g, w, **_average(avg, avg_hyper))
+    checks.norm_args(DTYPES, grad, w, avg, avg_hyper)
+    return torch.ops.saner_kernels.grad_sq_norm(grad, w, **_average(avg, avg_hyper))
 
 
 def perturb_(
     w: Tensor,
-    g: Tensor,
+    grad: Tensor,
     scale: Tensor,
     skip: Tensor,
     *,
@@ -122,12 +127,13 @@ def perturb_(
     avg: Optional[Tensor] = None,
     avg_hyper: Optional[AverageHyper] = None,
 ) -> None:
-    torch.ops.saner_kernels.perturb_(w, g, scale, skip, e=e, g_sgd=g_sgd, **_average(avg, avg_hyper))
+    checks.perturb_args(DTYPES, w, grad, scale, skip, e, g_sgd, avg, avg_hyper)
+    torch.ops.saner_kernels.perturb_(w, grad, scale, skip, e=e, g_sgd=g_sgd, **_average(avg, avg_hyper))
 
 
 def update_(
     w: Tensor,
-    g: Tensor,
+    g_sam: Tensor,
     g_sgd: Tensor,
     buf: Optional[Tensor],
     scale: Tensor,
@@ -144,9 +150,12 @@ def update_(
     avg_hyper: Optional[AverageHyper] = None,
     gsam_k: Optional[Tensor] = None,
 ) -> None:
+    n_valid = checks.update_args(
+        DTYPES, w, g_sam, g_sgd, buf, scale, skip, e, stats, n_valid, inv_scale, avg, avg_hyper, gsam_k
+    )
     torch.ops.saner_kernels.update_(
         w,
-        g,
+        g_sam,
         g_sgd,
         buf,
         scale,
@@ -180,15 +189,17 @@ def restore_(
     avg: Optional[Tensor] = None,
     avg_hyper: Optional[AverageHyper] = None,
 ) -> None:
+    checks.restore_args(DTYPES, w, scale, skip, g_sgd, e, avg, avg_hyper)
     torch.ops.saner_kernels.restore_(w, scale, skip, g_sgd=g_sgd, e=e, **_average(avg, avg_hyper))
 
 
-def gsam_dot_norm(g_sgd: Tensor, g: Tensor, w: Optional[Tensor] = None) -> Tensor:
-    return torch.ops.saner_kernels.gsam_dot_norm(g_sgd, g, w)
+def gsam_dot_norm(g_sgd: Tensor, g_sam: Tensor, w: Optional[Tensor] = None) -> Tensor:
+    checks.dot_norm_args(DTYPES, g_sgd, g_sam, w)
+    return torch.ops.saner_kernels.gsam_dot_norm(g_sgd, g_sam, w)
 
 
 def reweight_(
-    g: Tensor,
+    g_sam: Tensor,
     g_sgd: Tensor,
     skip: Tensor,
     alpha: float,
@@ -198,6 +209,7 @@ def reweight_(
     n_valid: Optional[int] = None,
     inv_scale: Optional[Tensor] = None,
 ) -> None:
+    n_valid = checks.reweight_args(DTYPES, g_sam, g_sgd, skip, stats, n_valid, inv_scale)
     torch.ops.saner_kernels.reweight_(
-        g, g_sgd, skip, alpha=alpha, eps=eps, stats=stats, n_valid=n_valid, inv_scale=inv_scale
+        g_sam, g_sgd, skip, alpha=alpha, eps=eps, stats=stats, n_valid=n_valid, inv_scale=inv_scale
     )

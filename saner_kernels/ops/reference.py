@@ -5,60 +5,48 @@ inputs. They take flat, contiguous 1-D tensors of equal length (a bucket, zero-p
 128) and compute in fp32 whatever the storage dtype (fp64 stays fp64). docs/design.md, section
 "Kernel contract", is the prose version of this file.
 
-Common arguments:
-
-- ``scale``: the perturbation scale ``s = rho / (N + 1e-12)``, a 0-dim fp32 tensor on the bucket's
-  device (fp64 for fp64 buckets); always finite.
-- ``skip``: a 0-dim fp32 tensor on the bucket's device, like ``found_inf`` in ``torch._fused_sgd_``:
-  nonzero means "skip this step": ``perturb_`` and ``restore_`` write nothing; ``update_`` only restores
-  ``w <- w - e`` (the perturbation may have happened before an overflow in the second pass was found) and
-  writes no momentum, no average and no group count; ``reweight_`` writes nothing. (The zeroing of
-  gradient buffers that ``update_`` is asked for still happens: the user asked for it.)
-- ``avg`` and ``avg_hyper`` (an ``AverageHyper``), given together or not at all: a gradient average kept
-  across steps (Friendly-SAM, VaSSO). The perturbation direction is then
-  ``d = dir_g * g + dir_avg * avg`` (two products and a sum, in that order) instead of ``g``; ``avg`` is
-  read by ``grad_sq_norm``, ``perturb_`` and ``restore_`` and written only by ``update_``, which commits
-  ``avg <- keep * avg + take * g_sgd`` (unless skipped). So a skipped step or a restored perturbation
-  leaves the average as it was.
-- The ``e`` that ``update_`` and ``restore_`` subtract is the stored one (adaptive) or ``d * scale``
-  recomputed from ``g_sgd`` (and ``avg``), and exactly ``+0`` when ``scale == 0``: the optimizer passes
-  scale 0 when the perturbation was skipped (``g_sgd`` may then hold inf/NaN, and a stored ``e`` is stale).
+Arguments every backend shares: ``scale`` (the perturbation scale ``s``), ``skip`` (the step's skip flag),
+``avg``/``avg_hyper`` (the averaging variants' gradient average and its ``AverageHyper``), ``inv_scale``,
+``gsam_k``, ``stats`` and ``n_valid``: their meaning, and what a nonzero ``skip`` and ``scale == 0`` do, is
+docs/design.md, "Kernel contract". ``ops/checks.py`` checks them for every backend. Gradients are named by which
+they are: ``grad`` the gradient being perturbed by (the first one), ``g_sgd`` that first gradient kept for the
+update, ``g_sam`` the second one (at the perturbed weights).
 
 The ops:
 
-``grad_sq_norm(g, w=None, *, avg=None, avg_hyper=None) -> Tensor``
+``grad_sq_norm(grad, w=None, *, avg=None, avg_hyper=None) -> Tensor``
     0-dim fp32 or fp64 tensor (the reference always sums in fp64; the kernels in fp32 for 16- and 32-bit
     storage): sum of ``(|w| * d)**2`` (adaptive) or ``d**2``, deterministic. The optimizer adds the
     buckets' sums in fp64 when any of them is fp64.
-``perturb_(w, g, scale, skip, *, e=None, g_sgd=None, avg=None, avg_hyper=None) -> None``
-    ``e = (w*w if e is given else 1) * d * scale``; ``w <- w + e``; ``e`` stored when given
-    (adaptive); ``g_sgd <- g`` (a bit copy) when given: the optimizer passes it only for
-    ``first_step(zero_grad=False)``; with ``zero_grad=True`` the bucket swaps its two gradient buffers
-    instead, so the buffer holding ``g`` simply becomes ``g_sgd``.
-``gsam_dot_norm(g_sgd, g, w=None) -> Tensor``
+``perturb_(w, grad, scale, skip, *, e=None, g_sgd=None, avg=None, avg_hyper=None) -> None``
+    ``e = (w*w if e is given else 1) * d * scale`` (``d``: ``grad`` or the average direction); ``w <- w + e``;
+    ``e`` stored when given (adaptive); ``g_sgd <- grad`` (a bit copy) when given: the optimizer passes it only
+    for ``first_step(zero_grad=False)``; with ``zero_grad=True`` the bucket swaps its two gradient buffers
+    instead, so the buffer holding ``grad`` simply becomes ``g_sgd``.
+``gsam_dot_norm(g_sgd, g_sam, w=None) -> Tensor``
     GSAM's reduction over the second gradient, one pass: a 1-D tensor of two sums (fp32, fp64 for fp64
-    storage; the reference sums in fp64), ``[sum(g_sgd * g), sum((|w| * g)**2)]`` (``w`` given: adaptive,
+    storage; the reference sums in fp64), ``[sum(g_sgd * g_sam), sum((|w| * g_sam)**2)]`` (``w`` given: adaptive,
     the perturbed weights), deterministic.
-``update_(w, g, g_sgd, buf, scale, skip, hyper, *, e=None, first_momentum_step=False, zero_grads=False,
+``update_(w, g_sam, g_sgd, buf, scale, skip, hyper, *, e=None, first_momentum_step=False, zero_grads=False,
           stats=None, n_valid=None, inv_scale=None, avg=None, avg_hyper=None, gsam_k=None) -> None``
     restore ``w <- w - e`` (the very product perturb_ added: ``e`` stored when adaptive, else
     ``d * scale`` recomputed from the stored, possibly scaled ``g_sgd``), unscale both gradients by
     ``inv_scale`` when given (a 0-dim fp32 tensor on the device: GradScaler's ``1 / scale``); GSAM, when
     ``gsam_k`` (a 0-dim tensor on the device, typed like ``scale``) is given:
-    ``g <- g - hyper.gsam_alpha * (g_sgd - gsam_k * g)`` (``gsam_k = cos * n1 / (n2 + 1e-12)``, made by the
+    ``g_sam <- g_sam - hyper.gsam_alpha * (g_sgd - gsam_k * g_sam)`` (``gsam_k = cos * n1 / (n2 + 1e-12)``, made by the
     optimizer from ``gsam_dot_norm``); reweight Group B
-    of that ``g`` against ``g_sgd`` by ``hyper.alpha``; add weight decay, SGD momentum (``buf`` is None
-    when ``hyper.momentum == 0``), ``w <- w - lr * d``; commit the average (above). ``zero_grads``:
-    write zeros to ``g`` and ``g_sgd`` after reading them (skipped or not). ``stats``, when given, is an
+    of that ``g_sam`` against ``g_sgd`` by ``hyper.alpha``; add weight decay, SGD momentum (``buf`` is None
+    when ``hyper.momentum == 0``), ``w <- w - lr * d``; commit the average. ``zero_grads``:
+    write zeros to ``g_sam`` and ``g_sgd`` after reading them (skipped or not). ``stats``, when given, is an
     int64 tensor of 3 counters that gets ``+= (#A, #B, #C)`` over the first ``n_valid`` elements (default:
     all). ``hyper.alpha == 1`` may skip the mask computation (counts are still made when ``stats`` is given).
 ``restore_(w, scale, skip, *, g_sgd=None, e=None, avg=None, avg_hyper=None) -> None``
     ``w <- w - e`` exactly as ``update_`` restores it: undoes a perturbation whose second step will not
     run (a closure that raised).
-``reweight_(g, g_sgd, skip, alpha, eps, *, stats=None, n_valid=None, inv_scale=None) -> None``
+``reweight_(g_sam, g_sgd, skip, alpha, eps, *, stats=None, n_valid=None, inv_scale=None) -> None``
     The reweighting alone, in place, for per-replica (local) distributed SANER, whose reweighted
     gradients are averaged across ranks before the step: unscale both by ``inv_scale`` when given, then
-    ``g <- alpha * g`` on Group B (against ``g_sgd``); counts as ``update_``. Skipped: writes nothing.
+    ``g_sam <- alpha * g_sam`` on Group B (against ``g_sgd``); counts as ``update_``.
 
 Group B mask, division-free (equal to the division on finite inputs, docs/design.md "Numerics"):
 ``den = g_sgd + eps``; B = ``sign(g) == sign(den) != 0 and |g| < |den|`` which is ``0 < g/den < 1``
@@ -73,6 +61,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import checks
 from .hyper import AverageHyper, UpdateHyper
 
 NAME = "reference"
@@ -83,47 +72,50 @@ def is_available(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
-def _f32(t: Tensor) -> Tensor:
-    """Compute dtype: fp32 for 16-bit storage, the storage dtype otherwise (fp64 stays fp64)."""
+def _compute(t: Tensor) -> Tensor:
+    """``t`` in the compute dtype: fp32 for 16-bit storage, the storage dtype otherwise (fp64 stays fp64)."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def direction(g32: Tensor, avg: Optional[Tensor], avg_hyper: Optional[AverageHyper]) -> Tensor:
-    """The perturbation direction in the compute dtype: ``g``, or ``dir_g * g + dir_avg * avg``."""
-    if (avg is None) != (avg_hyper is None):
-        raise ValueError("avg and avg_hyper go together: give both or neither")
+def direction(grad_c: Tensor, avg: Optional[Tensor], avg_hyper: Optional[AverageHyper]) -> Tensor:
+    """The perturbation direction in the compute dtype: ``grad``, or ``dir_g * grad + dir_avg * avg``."""
     if avg is None:
-        return g32
-    return g32 * avg_hyper.dir_g + _f32(avg) * avg_hyper.dir_avg
+        return grad_c
+    return grad_c * avg_hyper.dir_g + _compute(avg) * avg_hyper.dir_avg
 
 
 def grad_sq_norm(
-    g: Tensor, w: Optional[Tensor] = None, *, avg: Optional[Tensor] = None, avg_hyper: Optional[AverageHyper] = None
+    grad: Tensor,
+    w: Optional[Tensor] = None,
+    *,
+    avg: Optional[Tensor] = None,
+    avg_hyper: Optional[AverageHyper] = None,
 ) -> Tensor:
-    g32 = direction(_f32(g), avg, avg_hyper)
+    checks.norm_args(DTYPES, grad, w, avg, avg_hyper)
+    x = direction(_compute(grad), avg, avg_hyper)
     if w is not None:
-        g32 = _f32(w).abs() * g32
+        x = _compute(w).abs() * x
     # Squares summed in fp64: the ground truth should not depend on a summation order. torch.dot
     # reduces in a fixed order for a given size, so it is also deterministic run to run.
-    g64 = g32.double()
-    return torch.dot(g64, g64)
+    x64 = x.double()
+    return torch.dot(x64, x64)
 
 
-def group_masks(g32: Tensor, g_sgd32: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def group_masks(g_sam_c: Tensor, g_sgd_c: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """(A, B) boolean masks; C is everything else. Division-free form of 1 <= r and 0 < r < 1."""
-    den = g_sgd32 + eps
-    same_sign = ((g32 > 0) & (den > 0)) | ((g32 < 0) & (den < 0))
-    smaller = g32.abs() < den.abs()
+    den = g_sgd_c + eps
+    same_sign = ((g_sam_c > 0) & (den > 0)) | ((g_sam_c < 0) & (den < 0))
+    smaller = g_sam_c.abs() < den.abs()
     return same_sign & ~smaller, same_sign & smaller
 
 
-def _keep(skip: Tensor) -> Tensor:
+def _not_skipped(skip: Tensor) -> Tensor:
     return skip == 0
 
 
 def perturb_(
     w: Tensor,
-    g: Tensor,
+    grad: Tensor,
     scale: Tensor,
     skip: Tensor,
     *,
@@ -132,16 +124,17 @@ def perturb_(
     avg: Optional[Tensor] = None,
     avg_hyper: Optional[AverageHyper] = None,
 ) -> None:
-    keep = _keep(skip)
-    d32 = direction(_f32(g), avg, avg_hyper)
-    w32 = _f32(w)
-    e32 = (w32 * w32 * d32 * scale) if e is not None else d32 * scale
+    checks.perturb_args(DTYPES, w, grad, scale, skip, e, g_sgd, avg, avg_hyper)
+    stepping = _not_skipped(skip)
+    d = direction(_compute(grad), avg, avg_hyper)
+    w_c = _compute(w)
+    e_c = (w_c * w_c * d * scale) if e is not None else d * scale
     # torch.where keeps the no-host-sync rule: a skipped step writes back the old values.
     if g_sgd is not None:
-        g_sgd.copy_(torch.where(keep, g, g_sgd))
+        g_sgd.copy_(torch.where(stepping, grad, g_sgd))
     if e is not None:
-        e.copy_(torch.where(keep, e32, _f32(e)))
-    w.copy_(torch.where(keep, w32 + e32, w32))
+        e.copy_(torch.where(stepping, e_c, _compute(e)))
+    w.copy_(torch.where(stepping, w_c + e_c, w_c))
 
 
 def _perturbation(
@@ -152,13 +145,13 @@ def _perturbation(
     avg_hyper: Optional[AverageHyper] = None,
 ) -> Tensor:
     """The ``e`` to subtract: stored (adaptive) or recomputed, and +0 when nothing was perturbed."""
-    e32 = _f32(e) if e is not None else direction(_f32(g_sgd), avg, avg_hyper) * scale
-    return torch.where(scale == 0, torch.zeros_like(e32), e32)
+    e_c = _compute(e) if e is not None else direction(_compute(g_sgd), avg, avg_hyper) * scale
+    return torch.where(scale == 0, torch.zeros_like(e_c), e_c)
 
 
 def update_(
     w: Tensor,
-    g: Tensor,
+    g_sam: Tensor,
     g_sgd: Tensor,
     buf: Optional[Tensor],
     scale: Tensor,
@@ -175,29 +168,31 @@ def update_(
     avg_hyper: Optional[AverageHyper] = None,
     gsam_k: Optional[Tensor] = None,
 ) -> None:
-    keep = _keep(skip)
-    w32 = _f32(w) - _perturbation(scale, g_sgd, e, avg, avg_hyper)
-    g32, g_sgd32 = _unscaled(g, g_sgd, inv_scale)
+    checks.update_args(DTYPES, w, g_sam, g_sgd, buf, scale, skip, e, stats, n_valid, inv_scale, avg, avg_hyper, gsam_k)
+    stepping = _not_skipped(skip)
+    w_c = _compute(w) - _perturbation(scale, g_sgd, e, avg, avg_hyper)
+    g_sam_c, g_sgd_c = _unscaled(g_sam, g_sgd, inv_scale)
     if gsam_k is not None:  # GSAM: g2 - alpha * (g1 - k * g2), k = cos * n1 / (n2 + 1e-12)
-        g32 = g32 - (g_sgd32 - gsam_k * g32) * hyper.gsam_alpha
+        g_sam_c = g_sam_c - (g_sgd_c - gsam_k * g_sam_c) * hyper.gsam_alpha
 
-    d = _reweighted(g32, g_sgd32, hyper.alpha, hyper.eps, keep, stats, n_valid)
+    d = _reweighted(g_sam_c, g_sgd_c, hyper.alpha, hyper.eps, stepping, stats, n_valid)
     # Weight decay, momentum and the step use torch.optim.SGD's own ops (torch.add with alpha), so
     # that alpha = 1, rho = 0 reproduces SGD bit for bit.
     if hyper.weight_decay != 0.0:
-        d = d.add(w32, alpha=hyper.weight_decay)
+        d = d.add(w_c, alpha=hyper.weight_decay)
     if buf is not None:
         if first_momentum_step:
             new_buf = d
         else:
-            new_buf = _f32(buf).mul(hyper.momentum).add_(d, alpha=1.0 - hyper.dampening)
+            new_buf = _compute(buf).mul(hyper.momentum).add_(d, alpha=1.0 - hyper.dampening)
         d = d.add(new_buf, alpha=hyper.momentum) if hyper.nesterov else new_buf
-        buf.copy_(torch.where(keep, new_buf, _f32(buf)))
-    w.copy_(torch.where(keep, w32.add(d, alpha=-hyper.lr), w32))  # skipped: restored only
+        buf.copy_(torch.where(stepping, new_buf, _compute(buf)))
+    w.copy_(torch.where(stepping, w_c.add(d, alpha=-hyper.lr), w_c))  # skipped: restored only
     if avg is not None:
-        avg.copy_(torch.where(keep, _f32(avg) * avg_hyper.keep + g_sgd32 * avg_hyper.take, _f32(avg)))
+        committed = _compute(avg) * avg_hyper.keep + g_sgd_c * avg_hyper.take
+        avg.copy_(torch.where(stepping, committed, _compute(avg)))
     if zero_grads:
-        g.zero_()
+        g_sam.zero_()
         g_sgd.zero_()
 
 
@@ -211,18 +206,20 @@ def restore_(
     avg: Optional[Tensor] = None,
     avg_hyper: Optional[AverageHyper] = None,
 ) -> None:
-    w32 = _f32(w)
-    w.copy_(torch.where(_keep(skip), w32 - _perturbation(scale, g_sgd, e, avg, avg_hyper), w32))
+    checks.restore_args(DTYPES, w, scale, skip, g_sgd, e, avg, avg_hyper)
+    w_c = _compute(w)
+    w.copy_(torch.where(_not_skipped(skip), w_c - _perturbation(scale, g_sgd, e, avg, avg_hyper), w_c))
 
 
-def gsam_dot_norm(g_sgd: Tensor, g: Tensor, w: Optional[Tensor] = None) -> Tensor:
-    g_sgd64, g64 = _f32(g_sgd).double(), _f32(g).double()
-    weighted = _f32(w).abs().double() * g64 if w is not None else g64
-    return torch.stack([torch.dot(g_sgd64, g64), torch.dot(weighted, weighted)])
+def gsam_dot_norm(g_sgd: Tensor, g_sam: Tensor, w: Optional[Tensor] = None) -> Tensor:
+    checks.dot_norm_args(DTYPES, g_sgd, g_sam, w)
+    g_sgd64, g_sam64 = _compute(g_sgd).double(), _compute(g_sam).double()
+    weighted = _compute(w).abs().double() * g_sam64 if w is not None else g_sam64
+    return torch.stack([torch.dot(g_sgd64, g_sam64), torch.dot(weighted, weighted)])
 
 
 def reweight_(
-    g: Tensor,
+    g_sam: Tensor,
     g_sgd: Tensor,
     skip: Tensor,
     alpha: float,
@@ -232,39 +229,40 @@ def reweight_(
     n_valid: Optional[int] = None,
     inv_scale: Optional[Tensor] = None,
 ) -> None:
-    keep = _keep(skip)
-    g32, g_sgd32 = _unscaled(g, g_sgd, inv_scale)
-    d = _reweighted(g32, g_sgd32, alpha, eps, keep, stats, n_valid)
-    g.copy_(torch.where(keep, d, _f32(g)))
+    checks.reweight_args(DTYPES, g_sam, g_sgd, skip, stats, n_valid, inv_scale)
+    stepping = _not_skipped(skip)
+    g_sam_c, g_sgd_c = _unscaled(g_sam, g_sgd, inv_scale)
+    d = _reweighted(g_sam_c, g_sgd_c, alpha, eps, stepping, stats, n_valid)
+    g_sam.copy_(torch.where(stepping, d, _compute(g_sam)))
 
 
-def _unscaled(g: Tensor, g_sgd: Tensor, inv_scale: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    g32, g_sgd32 = _f32(g), _f32(g_sgd)
+def _unscaled(g_sam: Tensor, g_sgd: Tensor, inv_scale: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    g_sam_c, g_sgd_c = _compute(g_sam), _compute(g_sgd)
     if inv_scale is not None:
-        g32 = g32 * inv_scale
-        g_sgd32 = g_sgd32 * inv_scale
-    return g32, g_sgd32
+        g_sam_c = g_sam_c * inv_scale
+        g_sgd_c = g_sgd_c * inv_scale
+    return g_sam_c, g_sgd_c
 
 
 def _reweighted(
-    g32: Tensor,
-    g_sgd32: Tensor,
+    g_sam_c: Tensor,
+    g_sgd_c: Tensor,
     alpha: float,
     eps: float,
-    keep: Tensor,
+    stepping: Tensor,
     stats: Optional[Tensor],
     n_valid: Optional[int],
 ) -> Tensor:
-    """``g`` with Group B scaled by alpha; adds the group counts to ``stats`` (unless skipped)."""
-    d = g32
+    """``g_sam`` with Group B scaled by alpha; adds the group counts to ``stats`` (unless skipped)."""
+    d = g_sam_c
     if alpha != 1.0 or stats is not None:
-        mask_a, mask_b = group_masks(g32, g_sgd32, eps)
+        mask_a, mask_b = group_masks(g_sam_c, g_sgd_c, eps)
         if alpha != 1.0:
-            d = torch.where(mask_b, g32 * alpha, g32)
+            d = torch.where(mask_b, g_sam_c * alpha, g_sam_c)
         if stats is not None:
-            valid = g32.numel() if n_valid is None else n_valid
+            valid = g_sam_c.numel() if n_valid is None else n_valid
             n_a = mask_a[:valid].sum()
             n_b = mask_b[:valid].sum()
             counts = torch.stack([n_a, n_b, valid - n_a - n_b])
-            stats.add_(torch.where(keep, counts, torch.zeros_like(counts)))
+            stats.add_(torch.where(stepping, counts, torch.zeros_like(counts)))
     return d

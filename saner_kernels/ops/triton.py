@@ -4,16 +4,14 @@
 ``grad_sq_norm`` and ``gsam_dot_norm`` are a per-block pass plus, for more than one block, a one-program
 second pass over the block sums per result (fixed order, see ``_sum_partials_kernel``). Math is fp32 whatever
 the storage dtype (fp32, bf16, fp16); offsets are int64. The 0-dim ``scale``, ``skip``, ``inv_scale`` and
-``gsam_k`` tensors are read inside the kernels, so a step never syncs with the host. These scalar conditions
-(uniform per launch) fold into the load/store bounds (``_bound``) where they can: a nonzero ``skip`` means
-``perturb_``, ``restore_`` and ``reweight_`` read and write nothing; ``update_`` then writes only ``w`` (the
-restore ``w - e``; the step's result is dropped by one select), no momentum, no average and no group count; the
-zero stores that ``zero_grads`` asks for still happen. ``scale == 0`` (nothing was perturbed) makes ``e``
-exactly +0: a stored ``e`` is not read, a recomputed one is selected away (``g_sgd`` may hold inf),
-``restore_`` reads and writes nothing, and neither does a skipped ``update_`` but for the zeroing.
+``gsam_k`` tensors are read inside the kernels, so a step never syncs with the host. What a nonzero ``skip``
+and ``scale == 0`` mean is docs/design.md's ("Kernel contract"); here these scalar conditions (uniform per
+launch) fold into the load/store bounds (``_bound``) where they can, so a skipped op reads nothing it does not
+write, a skipped ``update_`` drops the step's result by one select, and a stored ``e`` is not read (a recomputed
+one is selected away: ``g_sgd`` may hold inf) when nothing was perturbed.
 
-Feature switches are ``tl.constexpr`` (one compiled variant each; a variant without a switch compiles to what
-it did before the switch existed): ``HAS_INV_SCALE``, the update unscales both gradients by GradScaler's
+Feature switches are ``tl.constexpr`` (one compiled variant each; a variant without a switch loads and stores
+nothing the switch needs): ``HAS_INV_SCALE``, the update unscales both gradients by GradScaler's
 ``inv_scale`` (one scalar load and two multiplies); ``HAS_AVG``, a gradient average (Friendly-SAM, VaSSO)
 makes the direction ``d = dir_g * g + dir_avg * avg`` (``_direction``) in the norm, the perturbation and the
 recomputed ``e`` of the update and the restore (one more tensor read), and the update commits
@@ -51,6 +49,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import checks
 from .hyper import AverageHyper, UpdateHyper
 
 NAME = "triton"
@@ -413,70 +412,20 @@ def _launch(kernel, device: torch.device, grid: int, num_warps: int, *args, **co
         kernel[(grid,)](*args, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
 
 
-# --------------------------------------------------------------------------- argument checks
-def _check_flat(**tensors: Optional[Tensor]) -> Tensor:
-    """The bucket tensors: contiguous 1-D, one supported dtype, one device (this process can run), one length."""
-    name0, ref = next(iter(tensors.items()))
-    if not isinstance(ref, Tensor):
-        raise TypeError(f"saner_kernels (triton): {name0} must be a tensor, got {type(ref).__name__}")
-    if ref.dtype not in DTYPES:
-        raise TypeError(f"saner_kernels (triton): {name0} has dtype {ref.dtype}; the Triton backend takes {DTYPES}")
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"saner_kernels (triton): {name} must be a tensor, got {type(t).__name__}")
-        if t.dim() != 1 or not t.is_contiguous():
-            raise ValueError(f"saner_kernels (triton): {name} must be a contiguous 1-D tensor")
-        if t.device != ref.device:
-            raise ValueError(f"saner_kernels (triton): {name} is on {t.device}, expected {ref.device}")
-        if t.dtype != ref.dtype:
-            raise TypeError(f"saner_kernels (triton): {name} has dtype {t.dtype}, expected {ref.dtype}")
-        if t.numel() != ref.numel():
-            raise ValueError(f"saner_kernels (triton): {name} has {t.numel()} elements, expected {ref.numel()}")
-    ok, reason = is_available(ref.device)
+# --------------------------------------------------------------------------- arguments
+def _on_runnable_device(t: Tensor) -> None:
+    """After the shared checks (``checks.py``): the bucket's device is one this process runs Triton on."""
+    ok, reason = is_available(t.device)
     if not ok:
-        raise RuntimeError(f"saner_kernels (triton): cannot run {ref.device} tensors here: {reason}")
-    return ref
+        raise RuntimeError(f"saner_kernels (triton): cannot run {t.device} tensors here: {reason}")
 
 
-def _check_flag(name: str, t, device: torch.device) -> None:
-    """``scale``, ``skip``, ``inv_scale`` and ``gsam_k``: one float32 value on the bucket's device, read by the
-    kernels."""
-    if not isinstance(t, Tensor):
-        raise TypeError(f"saner_kernels (triton): {name} must be a 0-dim float32 tensor, got {type(t).__name__}")
-    if t.numel() != 1 or t.dtype != torch.float32 or t.device != device:
-        raise ValueError(
-            f"saner_kernels (triton): {name} must be a 0-dim float32 tensor on {device}, "
-            f"got {t.dtype} of shape {tuple(t.shape)} on {t.device}"
-        )
-
-
-def _average_args(avg: Optional[Tensor], avg_hyper: Optional[AverageHyper]) -> tuple[float, float, float, float]:
+def _average_args(avg_hyper: Optional[AverageHyper]) -> tuple[float, float, float, float]:
     """(dir_g, dir_avg, keep, take) as runtime fp32 kernel arguments (unused zeros without an average)."""
-    if (avg is None) != (avg_hyper is None):
-        raise ValueError("saner_kernels (triton): avg and avg_hyper go together: give both or neither")
     if avg_hyper is None:
         return 0.0, 0.0, 0.0, 0.0
     h = avg_hyper
     return float(h.dir_g), float(h.dir_avg), float(h.keep), float(h.take)
-
-
-def _check_n_valid(n_valid: Optional[int], n: int) -> int:
-    n_valid = n if n_valid is None else int(n_valid)
-    if not 0 <= n_valid <= n:
-        raise ValueError(f"saner_kernels (triton): n_valid must be in [0, {n}], got {n_valid}")
-    return n_valid
-
-
-def _check_stats(stats, device: torch.device) -> None:
-    if not isinstance(stats, Tensor):
-        raise TypeError(f"saner_kernels (triton): stats must be a tensor, got {type(stats).__name__}")
-    if stats.dtype != torch.int64 or stats.numel() != 3 or not stats.is_contiguous() or stats.device != device:
-        raise ValueError(
-            f"saner_kernels (triton): stats must be a contiguous int64 tensor of 3 counters on {device}, "
-            f"got {stats.dtype} of shape {tuple(stats.shape)} on {stats.device}"
-        )
 
 
 # --------------------------------------------------------------------------- the contract ops
@@ -491,25 +440,30 @@ def _reduction_grid(n: int, device: torch.device) -> tuple[int, int, int]:
 
 
 def grad_sq_norm(
-    g: Tensor, w: Optional[Tensor] = None, *, avg: Optional[Tensor] = None, avg_hyper: Optional[AverageHyper] = None
+    grad: Tensor,
+    w: Optional[Tensor] = None,
+    *,
+    avg: Optional[Tensor] = None,
+    avg_hyper: Optional[AverageHyper] = None,
 ) -> Tensor:
-    dir_g, dir_avg, _, _ = _average_args(avg, avg_hyper)
-    _check_flat(g=g, w=w, avg=avg)
-    n = g.numel()
+    checks.norm_args(DTYPES, grad, w, avg, avg_hyper)
+    _on_runnable_device(grad)
+    dir_g, dir_avg, _, _ = _average_args(avg_hyper)
+    n = grad.numel()
     if n == 0:
-        return torch.zeros((), dtype=torch.float32, device=g.device)
-    out = torch.empty((), dtype=torch.float32, device=g.device)  # written by the one block or the second stage
-    block, num_warps, grid = _reduction_grid(n, g.device)
+        return torch.zeros((), dtype=torch.float32, device=grad.device)
+    out = torch.empty((), dtype=torch.float32, device=grad.device)  # written by the one block or the second stage
+    block, num_warps, grid = _reduction_grid(n, grad.device)
     # One block: its sum is the result; more: per-block partials, summed by the fixed-order second stage.
-    partials = out if grid == 1 else torch.empty(grid, dtype=torch.float32, device=g.device)
+    partials = out if grid == 1 else torch.empty(grid, dtype=torch.float32, device=grad.device)
     _launch(
         _sq_norm_kernel,
-        g.device,
+        grad.device,
         grid,
         num_warps,
-        g,
-        g if w is None else w,
-        g if avg is None else avg,
+        grad,
+        grad if w is None else w,
+        grad if avg is None else avg,
         partials,
         n,
         dir_g,
@@ -519,27 +473,28 @@ def grad_sq_norm(
         HAS_AVG=avg is not None,
     )
     if grid > 1:
-        _launch(_sum_partials_kernel, g.device, 1, _SUM_WARPS, partials, out, grid, BLOCK=_SUM_BLOCK)
+        _launch(_sum_partials_kernel, grad.device, 1, _SUM_WARPS, partials, out, grid, BLOCK=_SUM_BLOCK)
     return out
 
 
-def gsam_dot_norm(g_sgd: Tensor, g: Tensor, w: Optional[Tensor] = None) -> Tensor:
-    _check_flat(g_sgd=g_sgd, g=g, w=w)
-    n = g.numel()
-    out = torch.zeros(2, dtype=torch.float32, device=g.device)
+def gsam_dot_norm(g_sgd: Tensor, g_sam: Tensor, w: Optional[Tensor] = None) -> Tensor:
+    checks.dot_norm_args(DTYPES, g_sgd, g_sam, w)
+    _on_runnable_device(g_sam)
+    n = g_sam.numel()
+    out = torch.zeros(2, dtype=torch.float32, device=g_sam.device)
     if n == 0:
         return out
-    block, num_warps, grid = _reduction_grid(n, g.device)
+    block, num_warps, grid = _reduction_grid(n, g_sam.device)
     # [dot partials | square partials]; one block writes the two sums straight into ``out``.
-    partials = out if grid == 1 else torch.empty(2 * grid, dtype=torch.float32, device=g.device)
+    partials = out if grid == 1 else torch.empty(2 * grid, dtype=torch.float32, device=g_sam.device)
     _launch(
         _gsam_dot_norm_kernel,
-        g.device,
+        g_sam.device,
         grid,
         num_warps,
         g_sgd,
-        g,
-        g if w is None else w,
+        g_sam,
+        g_sam if w is None else w,
         partials,
         n,
         BLOCK=block,
@@ -550,7 +505,7 @@ def gsam_dot_norm(g_sgd: Tensor, g: Tensor, w: Optional[Tensor] = None) -> Tenso
         for i in range(2):
             _launch(
                 _sum_partials_kernel,
-                g.device,
+                g_sam.device,
                 1,
                 _SUM_WARPS,
                 partials[i * grid : (i + 1) * grid],
@@ -563,7 +518,7 @@ def gsam_dot_norm(g_sgd: Tensor, g: Tensor, w: Optional[Tensor] = None) -> Tenso
 
 def perturb_(
     w: Tensor,
-    g: Tensor,
+    grad: Tensor,
     scale: Tensor,
     skip: Tensor,
     *,
@@ -572,10 +527,9 @@ def perturb_(
     avg: Optional[Tensor] = None,
     avg_hyper: Optional[AverageHyper] = None,
 ) -> None:
-    dir_g, dir_avg, _, _ = _average_args(avg, avg_hyper)
-    _check_flat(w=w, g=g, e=e, g_sgd=g_sgd, avg=avg)
-    _check_flag("scale", scale, w.device)
-    _check_flag("skip", skip, w.device)
+    checks.perturb_args(DTYPES, w, grad, scale, skip, e, g_sgd, avg, avg_hyper)
+    _on_runnable_device(w)
+    dir_g, dir_avg, _, _ = _average_args(avg_hyper)
     n = w.numel()
     if n == 0:
         return
@@ -586,7 +540,7 @@ def perturb_(
         grid,
         num_warps,
         w,
-        g,
+        grad,
         w if g_sgd is None else g_sgd,
         w if e is None else e,
         w if avg is None else avg,
@@ -604,7 +558,7 @@ def perturb_(
 
 def update_(
     w: Tensor,
-    g: Tensor,
+    g_sam: Tensor,
     g_sgd: Tensor,
     buf: Optional[Tensor],
     scale: Tensor,
@@ -621,18 +575,12 @@ def update_(
     avg_hyper: Optional[AverageHyper] = None,
     gsam_k: Optional[Tensor] = None,
 ) -> None:
-    dir_g, dir_avg, avg_keep, avg_take = _average_args(avg, avg_hyper)
-    _check_flat(w=w, g=g, g_sgd=g_sgd, buf=buf, e=e, avg=avg)
-    _check_flag("scale", scale, w.device)
-    _check_flag("skip", skip, w.device)
-    if inv_scale is not None:
-        _check_flag("inv_scale", inv_scale, w.device)
-    if gsam_k is not None:
-        _check_flag("gsam_k", gsam_k, w.device)
-    if stats is not None:
-        _check_stats(stats, w.device)
+    n_valid = checks.update_args(
+        DTYPES, w, g_sam, g_sgd, buf, scale, skip, e, stats, n_valid, inv_scale, avg, avg_hyper, gsam_k
+    )
+    _on_runnable_device(w)
+    dir_g, dir_avg, avg_keep, avg_take = _average_args(avg_hyper)
     n = w.numel()
-    n_valid = _check_n_valid(n_valid, n)
     if n == 0:
         return
     has_momentum = buf is not None
@@ -643,7 +591,7 @@ def update_(
         grid,
         num_warps,
         w,
-        g,
+        g_sam,
         g_sgd,
         w if buf is None else buf,
         w if e is None else e,
@@ -690,12 +638,9 @@ def restore_(
     avg: Optional[Tensor] = None,
     avg_hyper: Optional[AverageHyper] = None,
 ) -> None:
-    if g_sgd is None and e is None:
-        raise ValueError("saner_kernels (triton): restore_ needs g_sgd (e = g_sgd * scale) or the stored e")
-    dir_g, dir_avg, _, _ = _average_args(avg, avg_hyper)
-    _check_flat(w=w, g_sgd=g_sgd, e=e, avg=avg)
-    _check_flag("scale", scale, w.device)
-    _check_flag("skip", skip, w.device)
+    checks.restore_args(DTYPES, w, scale, skip, g_sgd, e, avg, avg_hyper)
+    _on_runnable_device(w)
+    dir_g, dir_avg, _, _ = _average_args(avg_hyper)
     n = w.numel()
     if n == 0:
         return
@@ -721,7 +666,7 @@ def restore_(
 
 
 def reweight_(
-    g: Tensor,
+    g_sam: Tensor,
     g_sgd: Tensor,
     skip: Tensor,
     alpha: float,
@@ -731,24 +676,19 @@ def reweight_(
     n_valid: Optional[int] = None,
     inv_scale: Optional[Tensor] = None,
 ) -> None:
-    _check_flat(g=g, g_sgd=g_sgd)
-    _check_flag("skip", skip, g.device)
-    if inv_scale is not None:
-        _check_flag("inv_scale", inv_scale, g.device)
-    if stats is not None:
-        _check_stats(stats, g.device)
-    n = g.numel()
-    n_valid = _check_n_valid(n_valid, n)
+    n_valid = checks.reweight_args(DTYPES, g_sam, g_sgd, skip, stats, n_valid, inv_scale)
+    _on_runnable_device(g_sam)
+    n = g_sam.numel()
     use_mask = float(alpha) != 1.0
     if n == 0 or not (use_mask or stats is not None or inv_scale is not None):
-        return  # alpha 1, nothing to unscale or count: g is already the result
-    block, num_warps, grid = _config(n, g.device, _GPU_BLOCK)
+        return  # alpha 1, nothing to unscale or count: g_sam is already the result
+    block, num_warps, grid = _config(n, g_sam.device, _GPU_BLOCK)
     _launch(
         _reweight_kernel,
-        g.device,
+        g_sam.device,
         grid,
         num_warps,
-        g,
+        g_sam,
         g_sgd,
         skip,
         skip if stats is None else stats,
