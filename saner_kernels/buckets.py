@@ -73,6 +73,7 @@ class FlatBucket:
         self._state: dict[str, tuple[Tensor, list[Tensor]]] = {}  # key -> (flat buffer, per-parameter views)
         self.flat_e: Optional[Tensor] = None
         self._weight_copy: Optional[Tensor] = None
+        self._scratch: Optional[Tensor] = None
         self.strides = [_dense_strides(p) for p in params]
         self.param_views = [self._view(self.flat_param, i) for i in range(len(params))]
         self._grad_views = tuple([self._view(buffer, i) for i in range(len(params))] for buffer in self._grad_buffers)
@@ -148,6 +149,12 @@ class FlatBucket:
         if self._weight_copy is None:
             self._weight_copy = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         return self._weight_copy
+
+    def scratch(self) -> Tensor:
+        """A flat buffer for an op's output that no other buffer may alias (allocated on first use)."""
+        if self._scratch is None:
+            self._scratch = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        return self._scratch
 
     def perturbation(self) -> Tensor:
         """Flat buffer for the adaptive perturbation ``e`` (w*w*g*s cannot be recomputed from w + e)."""

@@ -1,4 +1,4 @@
-"""A param group's hyperparameters: defaults and validation (docs/design.md, "Semantics").
+"""A param group's hyperparameters: validation (docs/design.md, "Bad input").
 
 Every check here reads plain Python values, never a device: it is free to run before each step, which is
 how a NaN written into a group by a scheduler or by hand is refused before it can reach the weights.
@@ -10,8 +10,8 @@ import math
 
 from torch import Tensor
 
-# The numbers of a group that must be finite and non-negative; dampening is also at most 1.
-NON_NEGATIVE = ("lr", "momentum", "dampening", "weight_decay", "rho", "alpha", "eps")
+OWN_NON_NEGATIVE = ("rho", "alpha", "eps")  # SANER's own numbers
+SGD_NON_NEGATIVE = ("lr", "momentum", "dampening", "weight_decay")  # what the fused SGD update reads
 
 
 def _check_number(name: str, value) -> None:
@@ -24,26 +24,41 @@ def _check_number(name: str, value) -> None:
         )
 
 
-def check_group(group: dict) -> None:
-    """Refuse a group that would train wrong: ``check_numbers``, and non-floating-point parameters."""
-    check_numbers(group)
+def _check_non_negative(group: dict, names: tuple) -> None:
+    for name in names:
+        _check_number(name, group[name])
+        if group[name] < 0:
+            raise ValueError(f"Invalid {name}: {group[name]!r} (must be a non-negative number)")
+
+
+def check_own(group: dict) -> None:
+    """SANER's own numbers, and floating-point parameters."""
+    _check_non_negative(group, OWN_NON_NEGATIVE)
     for p in group["params"]:
         if not p.is_floating_point():
             raise ValueError(f"SANER optimizes floating-point parameters only, got a {p.dtype} parameter")
 
 
-def check_numbers(group: dict) -> None:
-    """Refuse hyperparameters that would train wrong: non-numbers, non-finite or negative values, dampening
-    outside [0, 1], Nesterov without momentum."""
-    for name in NON_NEGATIVE:
-        value = group[name]
-        _check_number(name, value)
-        if value < 0:
-            raise ValueError(f"Invalid {name}: {value!r} (must be a non-negative number)")
-    if group["dampening"] > 1:
-        raise ValueError(f"Invalid dampening: {group['dampening']!r} (must be in [0, 1])")
-    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+def check_base(group: dict, fused_sgd: bool) -> None:
+    """The base optimizer's numbers: with the fused SGD update, SGD's ranges; with any base, every float of
+    the group (and of a tuple such as Adam's betas) finite."""
+    if fused_sgd:
+        _check_non_negative(group, SGD_NON_NEGATIVE)
+        if group["dampening"] > 1:
+            raise ValueError(f"Invalid dampening: {group['dampening']!r} (must be in [0, 1])")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    for name, value in group.items():
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, float):
+                _check_number(name, v)
+
+
+def check_numbers(group: dict, fused_sgd: bool) -> None:
+    """Everything ``check_own`` and ``check_base`` check but the parameters: what a step re-checks."""
+    _check_non_negative(group, OWN_NON_NEGATIVE)
+    check_base(group, fused_sgd)
 
 
 def check_finite(name: str, value) -> None:

@@ -14,12 +14,15 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import required
 
+from . import base_optimizer as base_optimizer_module
 from . import ops, two_step, variants
 from .amp import ScalerBridge, is_g_sgd_group, unscaling
 from .bucket_set import BucketSet, check_sparse, zero_unbucketed_grads
 from .checkpoint_checks import check_loadable
+from .closures import BackwardWatch, check_convention
+from .closures import resolve as resolve_convention
 from .group_stats import GroupStats
-from .hyperparameters import check_group, check_numbers
+from .hyperparameters import check_base, check_numbers, check_own
 from .replicas import DDP_MODES, ReplicaSync, check_not_sharded
 from .skip_counter import SkipCounter
 
@@ -33,18 +36,22 @@ _STEP_API_HELP = (
 
 
 class SANER(torch.optim.Optimizer):
-    """Sharpness-Aware Noise-Explicit Reweighting (arXiv 2411.17132) with an SGD-momentum base.
+    """Sharpness-Aware Noise-Explicit Reweighting (arXiv 2411.17132) over a base optimizer.
 
-    Two gradients per step: ``first_step()`` after the gradient at ``w`` perturbs the weights to
-    ``w + e``; ``second_step()`` after the gradient at ``w + e`` restores ``w``, scales the Group B
-    components of the SAM gradient (``0 < g_SAM / g_SGD < 1``) by ``alpha`` and takes an SGD step.
-    ``alpha = 1`` is SAM. ``variant`` picks the member of the SAM family that makes the perturbation
-    (``sam``, ``fsam``: Friendly-SAM, ``vasso``: VaSSO, ``gsam``: GSAM; ``saner_kernels/variants.py``);
-    ``sigma``/``lmbda`` (fsam), ``theta`` (vasso) and ``gsam_alpha`` (gsam) default to the authors' values.
+    ``SANER(params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False, alpha=0.0, **kwargs)``, as
+    davda54/sam's ``SAM`` and the SANER authors' class take it: ``kwargs`` are the base optimizer's arguments
+    (``lr``, ``momentum``, ``weight_decay``, ...; the base's own defaults apply). Two gradients per step:
+    ``first_step()`` after the gradient at ``w`` perturbs the weights to ``w + e``; ``second_step()`` after
+    the gradient at ``w + e`` restores ``w``, scales the Group B components of the SAM gradient
+    (``0 < g_SAM / g_SGD < 1``) by ``alpha`` and steps the base optimizer (with ``torch.optim.SGD``, one fused
+    kernel). ``alpha = 1`` is SAM. ``step(closure)`` takes davda54's closure (after your first backward) and
+    torch's/Lightning's (forward and backward at the current weights; see ``closure``).
 
-    Under DistributedDataParallel, ``ddp_mode="global"`` (the default) needs nothing: DDP syncs both
-    gradients. ``ddp_mode="local"`` with ``ddp=ddp_model`` perturbs each replica with its own gradient and
-    averages the reweighted gradients across ranks (docs/design.md, "Distributed").
+    Keywords of SANER's own: ``variant`` picks the member of the SAM family that makes the perturbation
+    (``sam``, ``fsam``, ``vasso``, ``gsam``; ``saner_kernels/variants.py``) with ``sigma``/``lmbda``,
+    ``theta``, ``gsam_alpha``; ``eps`` (the ratio's); ``backend``; ``track_groups`` (Group A/B/C
+    statistics); ``ddp``/``ddp_mode`` (docs/design.md, "Distributed"); ``closure`` (``"auto"``,
+    ``"second_pass"``: davda54's, ``"both_passes"``: torch's; docs/design.md, "Closures").
 
     Parameters are packed into flat buckets at the first step: ``p.data`` and ``p.grad`` become
     views into one buffer per (group, device, dtype). ``zero_grad()`` therefore zeroes gradients in
@@ -54,16 +61,12 @@ class SANER(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable,
-        lr: float = required,
-        momentum: float = 0.9,
-        dampening: float = 0.0,
-        weight_decay: float = 5e-4,
-        nesterov: bool = False,
-        rho: float = 0.1,
-        alpha: float = 0.5,
+        base_optimizer=None,
+        rho: float = 0.05,
         adaptive: bool = False,
-        eps: float = 1e-8,
+        alpha: float = 0.0,
         *,
+        eps: float = 1e-8,
         variant: str = "sam",
         sigma: Optional[float] = None,
         lmbda: Optional[float] = None,
@@ -73,8 +76,11 @@ class SANER(torch.optim.Optimizer):
         track_groups: bool = False,
         ddp=None,
         ddp_mode: str = "global",
+        closure: str = "auto",
+        **kwargs,
     ):
         ops.check_backend_name(backend)
+        check_convention(closure)
         if ddp_mode not in DDP_MODES:
             raise ValueError(f"Invalid ddp_mode {ddp_mode!r}: expected 'global' or 'local'")
         if ddp_mode == "local" and ddp is None:
@@ -84,21 +90,10 @@ class SANER(torch.optim.Optimizer):
             )
         variant_hypers = dict(sigma=sigma, lmbda=lmbda, theta=theta, gsam_alpha=gsam_alpha)
         variants.check_arguments(variant, variant_hypers)
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            rho=rho,
-            alpha=alpha,
-            adaptive=adaptive,
-            eps=eps,
-            variant=variant,
-            **variant_hypers,
-        )
+        defaults = dict(rho=rho, adaptive=adaptive, alpha=alpha, eps=eps, variant=variant, **variant_hypers)
         self.backend = backend
         self.track_groups = track_groups
+        self.closure = closure
         self.ddp_mode = ddp_mode
         self._ddp = ddp
         self._replicas: Optional[ReplicaSync] = None
@@ -107,8 +102,17 @@ class SANER(torch.optim.Optimizer):
         self._group_stats = GroupStats()
         self._scaler_bridge = ScalerBridge()  # g_SGD seen by a GradScaler between the two steps
         self._buckets = BucketSet(backend)
+        self._backwards = BackwardWatch()
         super().__init__(params, defaults)
-        self._buckets.state = self.state  # made by torch.optim.Optimizer.__init__
+        # As in davda54/sam: the base is built over our groups; both share them, and the state.
+        self.base_optimizer = base_optimizer_module.build(base_optimizer, self.param_groups, kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.base_optimizer.state = self.state
+        self.defaults.update(self.base_optimizer.defaults)
+        self._fused_sgd = base_optimizer_module.is_fused_sgd(self.base_optimizer)
+        for group in self.param_groups:
+            check_base(group, self._fused_sgd)
+        self._buckets.state = self.state
         if ddp_mode == "local":  # last: a rejected construction leaves the DDP model as it was
             self._replicas = ReplicaSync(ddp)
 
@@ -126,7 +130,9 @@ class SANER(torch.optim.Optimizer):
             if default is required and name not in group:
                 raise ValueError(f"parameter group didn't specify a value of required optimization parameter {name}")
             group.setdefault(name, default)
-        check_group(group)
+        check_own(group)
+        if "base_optimizer" in self.__dict__:
+            check_base(group, self._fused_sgd)
         check_not_sharded(group["params"])
         variants.resolve_group(group, explicit)
         if self.ddp_mode == "local" and group["variant"] == "gsam":
@@ -143,7 +149,11 @@ class SANER(torch.optim.Optimizer):
         group = self._resolved_group(param_group, set(param_group), self._user_groups())
         for name in ("variant", *variants.ALL_HYPERPARAMETERS):
             param_group[name] = group[name]
-        super().add_param_group(param_group)
+        if "base_optimizer" in self.__dict__:  # after construction: the base fills in its own defaults
+            self.base_optimizer.add_param_group(param_group)
+        else:
+            super().add_param_group(param_group)
+        self._backwards.watch(param_group["params"])
         self._buckets.add_group()
 
     def _resolved_loaded_group(self, saved: dict, params: list, others: list) -> dict:
@@ -161,6 +171,9 @@ class SANER(torch.optim.Optimizer):
             for name, default in self.defaults.items():
                 group.setdefault(name, default)
             variants.resolve_group(group, explicit=set())
+        if "base_optimizer" in self.__dict__:
+            self.base_optimizer.state = self.state
+            self.base_optimizer.param_groups = self.param_groups
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's ``load_state_dict``, after checking the whole checkpoint against this optimizer: a refused
@@ -185,6 +198,7 @@ class SANER(torch.optim.Optimizer):
         """Zero gradients. Bucketed gradients are zeroed in place whatever ``set_to_none`` says."""
         self._buckets.zero_grad()
         zero_unbucketed_grads(self._user_groups(), self._buckets.bucketed_ids(), set_to_none=set_to_none)
+        self._backwards.reset()
 
     @property
     def skipped_steps(self) -> int:
@@ -199,7 +213,7 @@ class SANER(torch.optim.Optimizer):
             self._replicas.check_unsynced()
         check_sparse(self.param_groups)
         for group in self._user_groups():  # a scheduler or a user may have written a bad value since
-            check_numbers(group)
+            check_numbers(group, self._fused_sgd)
             variants.resolve_group(group, explicit=set())
 
     @torch.no_grad()
@@ -256,21 +270,30 @@ class SANER(torch.optim.Optimizer):
             scaling=scaling,
             replicas=self._replicas,
             count_groups=self.track_groups,
+            fused_sgd=self._fused_sgd,
         )
+        if not self._fused_sgd and step.entries:
+            base_optimizer_module.step_unless_skipped(self.base_optimizer, step.skip)
+            if zero_grad:
+                self._buckets.zero_grad()
         if self.track_groups:
             self._group_stats.record(counts, step.skip)
         self._step_state = None
-        self._opt_called = True  # what a torch LR scheduler checks: second_step() is the optimizer step
+        # What a torch LR scheduler checks, on this optimizer or on its base: second_step() is the step.
+        self._opt_called = self.base_optimizer._opt_called = True
         self._skips.poll()
+        self._backwards.reset()
         if zero_grad:
             zero_unbucketed_grads(self.param_groups, self._buckets.bucketed_ids())
 
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
-        """One full SANER step with a closure (davda54/sam style), or the second half of a step.
+        """One full step with a closure, or the second half of a step begun by ``first_step()``.
 
-        With a closure: call it after the first ``loss.backward()``; the closure re-evaluates the model
-        (forward and backward, without zero_grad) at the perturbed weights and returns the loss.
-        Without one, after ``first_step()``: ``second_step(zero_grad=True)``. This is what
+        With a closure, either convention (docs/design.md, "Closures"): davda54's (after your first
+        ``loss.backward()``, the closure runs forward and backward at ``w + e``) or torch's/Lightning's (the
+        closure runs forward and backward at the current weights; it is called at ``w`` and at ``w + e``).
+        Returns the closure's loss at ``w`` where the optimizer computed it, else the one at ``w + e``.
+        Without a closure, after ``first_step()``: ``second_step(zero_grad=True)``; this is what
         ``torch.amp.GradScaler.step(opt)`` calls, handing over its scale and ``found_inf``.
         """
         if closure is None:
@@ -278,7 +301,9 @@ class SANER(torch.optim.Optimizer):
                 self.second_step(zero_grad=True)
                 return None
             raise RuntimeError("step() needs a closure, or a first_step() before it. " + _STEP_API_HELP)
+        convention = resolve_convention(self.closure, closure, self._backwards.seen)
         closure = torch.enable_grad()(closure)
+        loss_at_w = closure() if convention == "both_passes" else None
         self.first_step(zero_grad=True)
         try:
             loss = closure()
@@ -286,7 +311,7 @@ class SANER(torch.optim.Optimizer):
             self._undo_perturbation()
             raise
         self.second_step()
-        return loss
+        return loss if loss_at_w is None else loss_at_w
 
     @torch.no_grad()
     def _undo_perturbation(self) -> None:
@@ -319,16 +344,14 @@ class SANER(torch.optim.Optimizer):
 
 
 class SAM(SANER):
-    """Sharpness-Aware Minimization with an SGD-momentum base (davda54/sam style): SANER with alpha = 1.
+    """Sharpness-Aware Minimization (davda54/sam): ``SAM(params, base_optimizer=torch.optim.SGD, rho=0.05,
+    adaptive=False, **kwargs)``, SANER with alpha fixed at 1. ``kwargs``: the base optimizer's arguments and
+    SANER's own keywords (``variant``: ``fsam`` is Friendly-SAM, ``vasso`` VaSSO, ``gsam`` GSAM)."""
 
-    Takes SANER's arguments but ``alpha`` (``variant`` as for SANER: ``fsam`` is Friendly-SAM, ``vasso``
-    VaSSO, ``gsam`` GSAM, each as its paper has it); past ``lr`` they are keywords.
-    """
-
-    def __init__(self, params: Iterable, lr: float = required, **kwargs):
+    def __init__(self, params: Iterable, base_optimizer=None, rho: float = 0.05, adaptive: bool = False, **kwargs):
         if "alpha" in kwargs:
             raise TypeError("SAM has alpha fixed at 1; use SANER for alpha != 1")
-        super().__init__(params, lr, alpha=1.0, **kwargs)
+        super().__init__(params, base_optimizer, rho, adaptive, alpha=1.0, **kwargs)
 
     def add_param_group(self, param_group: dict) -> None:
         if param_group.get("alpha", 1.0) != 1.0:

@@ -21,10 +21,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import variants
+from . import gsam, variants
 from .amp import Unscaling
 from .bucket_set import MOMENTUM, BucketSet, Entry, part, runs, sum_on_first_device
-from .gsam import gsam_k
 from .ops.hyper import UpdateHyper
 from .replicas import ReplicaSync
 
@@ -125,13 +124,15 @@ def second_step(
     scaling: Optional[Unscaling],
     replicas: Optional[ReplicaSync],
     count_groups: bool,
+    fused_sgd: bool,
 ) -> list[Tensor]:
-    """Restore ``w``, reweight Group B of the gradient at ``w + e`` and update every bucket. Returns the Group
-    A, B, C counters, one per device (empty unless ``count_groups``)."""
+    """Restore ``w``, reweight Group B of the gradient at ``w + e`` and update every bucket (``fused_sgd``), or
+    leave the reweighted gradient in ``p.grad`` for the base optimizer's own step. Returns the Group A, B, C
+    counters, one per device (empty unless ``count_groups``)."""
     counts: dict[torch.device, Tensor] = {}
     for entry in step.entries:
         entry.bucket.gather_grads()
-    k = gsam_k(step.entries, step.norm, scaling)
+    k = gsam.gsam_k(step.entries, step.norm, scaling)
     for entry, scale in zip(step.entries, step.scales):
         bucket = entry.bucket
         stats = None
@@ -141,9 +142,19 @@ def second_step(
         if scaling is not None:  # after scaler.unscale_(opt) g_SGD is unscaled: recompute e = g_SGD * s
             scale = scale / scaling.applied_factor(bucket.device).to(scale.dtype)
         skip = step.skip_on(bucket.device)
+        gsam_k = k.to(device=bucket.device, dtype=scale.dtype) if k is not None else None
         if replicas is not None:
-            _local_update(entry, buckets, replicas, skip=skip, stats=stats, zero_grads=zero_grad, inv_scale=inv_scale)
-        else:
+            _local_update(
+                entry,
+                buckets,
+                replicas,
+                skip=skip,
+                stats=stats,
+                zero_grads=zero_grad,
+                inv_scale=inv_scale,
+                fused_sgd=fused_sgd,
+            )
+        elif fused_sgd:
             update_bucket(
                 entry,
                 buckets,
@@ -152,9 +163,11 @@ def second_step(
                 stats=stats,
                 zero_grads=zero_grad,
                 inv_scale=inv_scale,
-                gsam_k=k.to(device=bucket.device, dtype=scale.dtype) if k is not None else None,
+                gsam_k=gsam_k,
             )
-        if zero_grad:
+        else:
+            reweight_into_grad(entry, buckets, scale=scale, skip=skip, stats=stats, inv_scale=inv_scale, gsam_k=gsam_k)
+        if zero_grad and fused_sgd:
             bucket.spare_is_zero = True  # the update zeroed both gradient buffers
     return list(counts.values())
 
@@ -216,6 +229,65 @@ def update_bucket(
         commit_first_state(buckets, bucket, skip, (momentum_key, avg_key))
 
 
+def reweight_into_grad(
+    entry: Entry,
+    buckets: BucketSet,
+    *,
+    scale: Tensor,
+    skip: Tensor,
+    stats: Optional[Tensor],
+    inv_scale: Optional[Tensor],
+    gsam_k: Optional[Tensor],
+) -> None:
+    """For a base optimizer other than SGD: restore ``w`` and leave the reweighted (unscaled, GSAM-decomposed)
+    gradient in ``p.grad``; the averages are committed as by the fused update. This is the contract's
+    ``update_`` with the "direction" hyperparameters (docs/design.md, "Base optimizers"): lr 0, momentum 1
+    and a fresh buffer make the buffer the direction ``d`` and leave ``w`` restored. The buffer is a scratch
+    one, copied into the gradient buffer (kernels take their tensors as non-aliasing)."""
+    group, bucket, backend = entry
+    direction = bucket.scratch()
+    hyper = _direction_hyper(group)
+    avg_key = variants.average_key(group)
+    avg_started = buckets.started(bucket, avg_key)
+    avg = buckets.flat_state(bucket, avg_key) if avg_key is not None else None
+    e = bucket.flat_e if group["adaptive"] else None
+    bucket_runs = runs(bucket, avg_started)
+    for run in bucket_runs:
+        optional = {}
+        if gsam_k is not None:
+            optional["gsam_k"] = gsam_k
+        if avg is not None:
+            optional.update(avg=part(avg, run), avg_hyper=variants.average_hyper(group, run.flag))
+        backend.update_(
+            part(bucket.flat_param, run),
+            part(bucket.flat_grad, run),
+            part(bucket.flat_g_sgd, run),
+            part(direction, run),
+            scale,
+            skip,
+            hyper,
+            e=part(e, run),
+            first_momentum_step=True,
+            zero_grads=False,
+            stats=stats,
+            n_valid=bucket.n_valid if len(bucket_runs) == 1 else run.hi - run.lo,
+            inv_scale=inv_scale,
+            **optional,
+        )
+    bucket.flat_grad.copy_(torch.where(skip != 0, bucket.flat_grad, direction))
+    if not all(avg_started):
+        commit_first_state(buckets, bucket, skip, (avg_key,))
+
+
+def _direction_hyper(group: dict) -> UpdateHyper:
+    """``update_``'s hyperparameters that make its momentum buffer the reweighted direction and its weight
+    update a pure restore (lr 0: ``w + e - e - 0 * d``)."""
+    gsam_alpha = float(group["gsam_alpha"]) if group["variant"] == "gsam" else 0.0
+    return UpdateHyper(
+        lr=0.0, momentum=1.0, alpha=float(group["alpha"]), eps=float(group["eps"]), gsam_alpha=gsam_alpha
+    )
+
+
 def commit_first_state(buckets: BucketSet, bucket, skip: Tensor, keys: tuple) -> None:
     """A parameter's first step with a state key gives it that state, unless the step was skipped (a skipped
     step leaves the state as it was: no momentum buffer, no average). Reading the skip flag is the only host
@@ -233,10 +305,11 @@ def _local_update(
     stats: Optional[Tensor],
     zero_grads: bool,
     inv_scale: Optional[Tensor],
+    fused_sgd: bool,
 ) -> None:
     """Local mode: restore w exactly, reweight this rank's g_SAM against its own g_SGD, average the reweighted
     gradients over the ranks (one all-reduce), then the SGD step on every rank alike (the update with alpha 1
-    and nothing left to restore: scale 0)."""
+    and nothing left to restore: scale 0), or leave the average in ``p.grad`` for another base optimizer."""
     group, bucket, backend = entry
     bucket.flat_param.copy_(bucket.weight_copy())
     backend.reweight_(
@@ -250,6 +323,8 @@ def _local_update(
         inv_scale=inv_scale,
     )
     replicas.average_(bucket.flat_grad)
+    if not fused_sgd:
+        return
     no_restore = torch.zeros((), dtype=_compute_dtype(entry), device=bucket.device)
     reweighted = Entry(dict(group, alpha=1.0, adaptive=False), bucket, backend)
     update_bucket(

@@ -282,18 +282,24 @@ def test_non_finite_first_gradient_skips_the_step(bad, backend):
 
 
 # ----------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("name", ["lr", "momentum", "weight_decay", "rho", "eps", "alpha"])
+# SANER's own numbers are checked by SANER, the base optimizer's by the base (torch.optim.SGD's messages).
+NEGATIVE_REFUSED = {
+    "rho": "rho",
+    "eps": "eps",
+    "alpha": "alpha",
+    "lr": "lr|learning rate",
+    "momentum": "momentum",
+    "weight_decay": "weight_decay",
+}
+
+
+@pytest.mark.parametrize("name", NEGATIVE_REFUSED)
 def test_negative_hyperparameter_is_rejected(name):
     kwargs = {**HYPER, name: -0.1}
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=NEGATIVE_REFUSED[name]):
         SANER(MODELS["mlp"]().parameters(), **kwargs)
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=NEGATIVE_REFUSED[name]):
         SANER([{"params": MODELS["mlp"]().parameters(), name: -1.0}], lr=0.1)
-
-
-def test_lr_is_required():
-    with pytest.raises(ValueError, match="lr"):
-        SANER(MODELS["mlp"]().parameters())
 
 
 @pytest.mark.parametrize("kwargs", [dict(nesterov=True, momentum=0.0), dict(nesterov=True, dampening=0.1)])

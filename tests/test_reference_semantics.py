@@ -101,7 +101,7 @@ def test_two_groups_with_their_own_hyperparameters():
             ),
         ]
 
-    run_saner(model, SANER(groups(model), lr=1.0, backend="reference"), data)
+    run_saner(model, SANER(groups(model), lr=1.0, momentum=0.9, weight_decay=5e-4, backend="reference"), data)
     defaults = dict(momentum=0.9, dampening=0.0, nesterov=False, weight_decay=5e-4, adaptive=False, eps=1e-8)
     run_loop_groups = PlainLoopSANER([{**defaults, **g} for g in groups(oracle)])
     for batch in data:
