@@ -24,9 +24,11 @@ def test_every_field_is_a_flag_with_the_fields_default():
             assert action.default == f.default, f.name
 
 
-def test_defaults_come_from_the_optimizer_and_the_variants_table():
+def test_defaults_are_the_papers_then_the_optimizers_and_the_variants_table():
     cfg, signature = Config(), inspect.signature(SANER.__init__).parameters
-    for name in ("momentum", "weight_decay", "nesterov", "dampening", "rho", "alpha", "adaptive", "eps", "variant"):
+    paper = dict(momentum=0.9, weight_decay=5e-4, nesterov=False, dampening=0.0, rho=0.1, alpha=0.5)  # design.md
+    assert {name: getattr(cfg, name) for name in paper} == paper
+    for name in ("adaptive", "eps", "variant", "backend", "ddp_mode"):
         assert getattr(cfg, name) == signature[name].default, name
     for table in HYPERPARAMETERS.values():
         for name, value in table.items():
