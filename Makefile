@@ -11,7 +11,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 EXT_STAMP := $(VENV)/.extension-built
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h' 2>/dev/null)
 
-.PHONY: test demo bench install lint compat clean
+.PHONY: test test-exhaustive demo bench install lint compat clean
 
 $(DEPS_STAMP): Makefile
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -33,6 +33,12 @@ test: install
 	$(PY) -m pytest tests -q
 	TRITON_INTERPRET=1 $(PY) -m pytest tests -q -m interpreter
 
+# What `make test` leaves out: the rest of each full product of switches whose pairwise-covering subset the
+# default run takes (items marked exhaustive, tests/contract_cases.py), in both processes.
+test-exhaustive: install
+	$(PY) -m pytest tests -q -m exhaustive
+	TRITON_INTERPRET=1 $(PY) -m pytest tests -q -m exhaustive
+
 lint: $(DEPS_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -43,11 +49,13 @@ demo: install
 
 # Before resolving: the C++ build (and the CUDA op where nvcc is) plus both test processes against the
 # oldest supported torch (2.11) and the newest on the index (which also brings the newest Triton for the
-# ahead-of-time PTX checks). Each in its own venv, .venv-torch-X.Y.Z (.ci/torch_compat.sh).
+# ahead-of-time PTX checks). Each in its own venv, .venv-torch-X.Y.Z (.ci/torch_compat.sh). Both run the
+# default tests and the exhaustive ones (the full switch products, tests/conftest.py).
 COMPAT_CUDA ?= $(if $(wildcard $(or $(CUDA_HOME),/usr/local/cuda)/bin/nvcc),1,0)
+COMPAT_TESTS := tests -m "exhaustive or not exhaustive"
 compat:
-	SANER_KERNELS_CUDA=$(COMPAT_CUDA) bash .ci/torch_compat.sh 2.11
-	bash .ci/torch_compat.sh newest
+	SANER_KERNELS_CUDA=$(COMPAT_CUDA) bash .ci/torch_compat.sh 2.11 $(COMPAT_TESTS)
+	bash .ci/torch_compat.sh newest $(COMPAT_TESTS)
 
 bench: install
 	$(PY) -m benchmarks.run --device cpu --out bench-results

@@ -8,8 +8,9 @@ magnitudes (the A/B boundary), large magnitudes, and padding zeros at the end of
 from __future__ import annotations
 
 import itertools
-from typing import Optional
+from typing import Optional, Sequence
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -18,6 +19,8 @@ from saner_kernels.ops.hyper import AverageHyper, UpdateHyper, gsam_coefficient
 
 # Multiples of 128 (flat buckets) and odd lengths that exercise every vector tail.
 LENGTHS = (128, 1003, 65573, 300032)
+SMALL = tuple(n for n in LENGTHS if n <= 1024)
+LARGE = tuple(n for n in LENGTHS if n > 1024)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 EPS = 1e-8
 
@@ -56,13 +59,73 @@ VARIANT_SWITCHES = [
 
 def switch_id(sw: dict) -> str:
     """A readable pytest id for a ``SWITCHES`` entry: the switches that are on, and alpha."""
-    return "-".join(k for k, v in sw.items() if v is True) + f"-a{sw['alpha']}"
+    return "-".join([k for k, v in sw.items() if v is True] + [f"a{sw['alpha']}"])
 
 
 def variant_switch_id(sw: dict) -> str:
     """A readable pytest id for a ``VARIANT_SWITCHES`` entry: the average, GSAM, then ``switch_id``."""
     rest = {k: v for k, v in sw.items() if k not in ("avg", "gsam_alpha")}
     return f"{sw['avg'] or 'noavg'}-{'gsam' if sw['gsam_alpha'] else 'nogsam'}-" + switch_id(rest)
+
+
+def _id_part(name: str, value) -> str:
+    if isinstance(value, dict):
+        return variant_switch_id(value) if "avg" in value else switch_id(value)
+    if isinstance(value, bool) or value is None:
+        return name if value else f"no_{name}"
+    if isinstance(value, torch.dtype):
+        return str(value).replace("torch.", "")
+    if isinstance(value, str):
+        return value
+    return f"{name}{value}" if name == "n" else f"{name}={value}"
+
+
+def _flat(row: dict) -> dict:
+    """A test's arguments as factor -> value; a switches dict contributes each of its switches."""
+    flat = {}
+    for name, value in row.items():
+        flat.update(value if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def all_pairs(rows: Sequence[dict]) -> list[int]:
+    """Indices of a subset of ``rows`` that holds every pair of values of any two factors that ``rows`` holds.
+
+    Greedy and deterministic: each pick is the first row (in the given order) that covers the most pairs
+    not yet covered. 7 of the 64 ``SWITCHES`` rows; 8 of the 28 ``VARIANT_SWITCHES`` rows (4 averages x 2).
+    """
+    flat = [_flat(row) for row in rows]
+
+    def pairs(row: dict) -> set:
+        return {((a, row[a]), (b, row[b])) for a, b in itertools.combinations(sorted(row), 2)}
+
+    row_pairs = [pairs(row) for row in flat]
+    uncovered = set().union(*row_pairs)
+    chosen = []
+    while uncovered:
+        best = max(range(len(rows)), key=lambda i: len(row_pairs[i] & uncovered))
+        chosen.append(best)
+        uncovered -= row_pairs[best]
+    return sorted(chosen)
+
+
+def pairwise(**axes: Sequence) -> tuple[list[str], list]:
+    """``pytest.mark.parametrize`` arguments for every combination of ``axes`` (argument name -> values):
+    a pairwise-covering subset runs by default, the rest of the product is marked ``exhaustive`` (selected by
+    ``-m exhaustive``; tests/conftest.py deselects them otherwise). A switches dict counts as one factor per
+    switch in it, so every pair of switch values, lengths and flags occurs in the default run."""
+    names = list(axes)
+    rows = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
+    default = set(all_pairs(rows))
+    params = [
+        pytest.param(
+            *row.values(),
+            id="-".join(_id_part(name, value) for name, value in row.items()),
+            marks=() if i in default else pytest.mark.exhaustive,
+        )
+        for i, row in enumerate(rows)
+    ]
+    return names, params
 
 
 # Per-step tolerances, one table for every backend and the optimizer-level tests: fp32 at rtol 1e-6;
