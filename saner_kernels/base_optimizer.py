@@ -1,16 +1,17 @@
 """The base optimizer SANER/SAM step with (docs/design.md, "Base optimizers").
 
 As in davda54/sam, the base optimizer is built over the SAM optimizer's own param groups and the two share
-them (and the per-parameter state), so an LR scheduler on ``optimizer.base_optimizer`` or code writing
-``lr`` into either one's groups acts on the next step. ``torch.optim.SGD`` (the default) is never stepped:
-its update runs inside the fused kernel. Any other base gets the restored weights and the reweighted
-gradient in ``p.grad``, then its own ``step()``.
+them, so an LR scheduler on ``optimizer.base_optimizer`` or code writing ``lr`` into either one's groups acts
+on the next step. ``torch.optim.SGD`` (the default) is never stepped: its update runs inside the fused
+kernel, and its state is SANER's (``momentum_buffer``). Any other base gets the restored weights and the
+reweighted gradient in ``p.grad``, then its own ``step()``; it keeps its own per-parameter state (torch's
+optimizers build theirs when it is empty), which ``state_dict()`` holds beside SANER's, key by key.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from torch import Tensor
 _SGD_MATH = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
 
-def build(base_optimizer, param_groups: list, kwargs: dict) -> torch.optim.Optimizer:
+def build(base_optimizer, param_groups: list, kwargs: dict, own_keys: Iterable[str]) -> torch.optim.Optimizer:
     """``base_optimizer(param_groups, **kwargs)``, with a clear error for what SANER cannot step."""
     if base_optimizer is None:
         base_optimizer = torch.optim.SGD
@@ -41,10 +42,17 @@ def build(base_optimizer, param_groups: list, kwargs: dict) -> torch.optim.Optim
     except TypeError as exc:
         raise TypeError(
             f"{getattr(base_optimizer, '__name__', base_optimizer)} refused the keyword arguments "
-            f"{sorted(kwargs)} ({exc}); SANER/SAM pass every keyword they do not know to the base optimizer"
+            f"{sorted(kwargs)} ({exc}); SANER/SAM pass every keyword they do not know to the base optimizer "
+            "(SANER's own ratio epsilon is ratio_eps)"
         ) from exc
     if not isinstance(base, torch.optim.Optimizer):
         raise TypeError(f"base_optimizer(...) must build a torch.optim.Optimizer, got {type(base).__name__}")
+    shared = sorted(set(own_keys) & set(base.defaults))
+    if shared:
+        raise TypeError(
+            f"{type(base).__name__}'s own hyperparameters {shared} have the names of SANER's in the param groups the "
+            "two share (davda54/sam's design): this base optimizer is not supported"
+        )
     if any(group.get("maximize", False) for group in base.param_groups):
         raise ValueError("maximize=True is not supported: SAM ascends to w + e to descend from there")
     return base
@@ -73,3 +81,24 @@ def step_unless_skipped(base: torch.optim.Optimizer, skip: Optional[Tensor]) -> 
             del base.grad_scale, base.found_inf
     elif not bool(skip):
         base.step()
+
+
+def merged_state_dict(own: dict, base: dict) -> dict:
+    """SANER's state_dict with the base optimizer's per-parameter state added (both index parameters in the
+    order of the param groups they share; their keys do not overlap)."""
+    state = {i: dict(entry) for i, entry in own["state"].items()}
+    for i, entry in base["state"].items():
+        state.setdefault(i, {}).update(entry)
+    return {"state": state, "param_groups": own["param_groups"]}
+
+
+def split_state_dict(state_dict: dict, own_keys: Iterable[str]) -> tuple[dict, dict]:
+    """The inverse of ``merged_state_dict``: (SANER's state_dict, the base optimizer's)."""
+    own_keys = set(own_keys)
+    own = {i: {k: v for k, v in e.items() if k in own_keys} for i, e in state_dict["state"].items()}
+    base = {i: {k: v for k, v in e.items() if k not in own_keys} for i, e in state_dict["state"].items()}
+    groups = state_dict["param_groups"]
+    return (
+        {"state": {i: e for i, e in own.items() if e}, "param_groups": groups},
+        {"state": {i: e for i, e in base.items() if e}, "param_groups": groups},
+    )

@@ -42,7 +42,9 @@ def check_loadable(param_groups: list, state_dict: dict, resolve: Callable[[dict
             )
         for pi, (p, index) in enumerate(zip(params, saved["params"])):
             for key, value in saved_state.get(index, {}).items():
-                if key in FLAT_STATE_KEYS:
+                # SANER's own per-parameter state, and a base optimizer's tensors of more than one element
+                # (Adam's exp_avg; its 0-dim "step" has no shape to compare)
+                if key in FLAT_STATE_KEYS or (isinstance(value, Tensor) and value.dim() > 0):
                     _check_state_tensor(gi, pi, p, key, value)
         resolved.append(resolve(saved, params, resolved))
         if saved.get("variant", group["variant"]) != group["variant"]:

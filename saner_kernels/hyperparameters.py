@@ -10,7 +10,7 @@ import math
 
 from torch import Tensor
 
-OWN_NON_NEGATIVE = ("rho", "alpha", "eps")  # SANER's own numbers
+OWN_NON_NEGATIVE = ("rho", "alpha", "ratio_eps")  # SANER's own numbers
 SGD_NON_NEGATIVE = ("lr", "momentum", "dampening", "weight_decay")  # what the fused SGD update reads
 
 

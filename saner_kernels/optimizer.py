@@ -17,7 +17,7 @@ from torch.optim.optimizer import required
 from . import base_optimizer as base_optimizer_module
 from . import ops, two_step, variants
 from .amp import ScalerBridge, is_g_sgd_group, unscaling
-from .bucket_set import BucketSet, check_sparse, zero_unbucketed_grads
+from .bucket_set import FLAT_STATE_KEYS, BucketSet, check_sparse, zero_unbucketed_grads
 from .checkpoint_checks import check_loadable
 from .closures import BackwardWatch, check_convention
 from .closures import resolve as resolve_convention
@@ -49,8 +49,9 @@ class SANER(torch.optim.Optimizer):
 
     Keywords of SANER's own: ``variant`` picks the member of the SAM family that makes the perturbation
     (``sam``, ``fsam``, ``vasso``, ``gsam``; ``saner_kernels/variants.py``) with ``sigma``/``lmbda``,
-    ``theta``, ``gsam_alpha``; ``eps`` (the ratio's); ``backend``; ``track_groups`` (Group A/B/C
-    statistics); ``ddp``/``ddp_mode`` (docs/design.md, "Distributed"); ``closure`` (``"auto"``,
+    ``theta``, ``gsam_alpha``; ``ratio_eps`` (in ``g_SAM / (g_SGD + ratio_eps)``); ``backend``;
+    ``track_groups`` (Group A/B/C statistics); ``ddp``/``ddp_mode`` (docs/design.md, "Distributed");
+    ``closure`` (``"auto"``,
     ``"second_pass"``: davda54's, ``"both_passes"``: torch's; docs/design.md, "Closures").
 
     Parameters are packed into flat buckets at the first step: ``p.data`` and ``p.grad`` become
@@ -66,7 +67,7 @@ class SANER(torch.optim.Optimizer):
         adaptive: bool = False,
         alpha: float = 0.0,
         *,
-        eps: float = 1e-8,
+        ratio_eps: float = 1e-8,
         variant: str = "sam",
         sigma: Optional[float] = None,
         lmbda: Optional[float] = None,
@@ -90,7 +91,7 @@ class SANER(torch.optim.Optimizer):
             )
         variant_hypers = dict(sigma=sigma, lmbda=lmbda, theta=theta, gsam_alpha=gsam_alpha)
         variants.check_arguments(variant, variant_hypers)
-        defaults = dict(rho=rho, adaptive=adaptive, alpha=alpha, eps=eps, variant=variant, **variant_hypers)
+        defaults = dict(rho=rho, adaptive=adaptive, alpha=alpha, ratio_eps=ratio_eps, variant=variant, **variant_hypers)
         self.backend = backend
         self.track_groups = track_groups
         self.closure = closure
@@ -105,11 +106,12 @@ class SANER(torch.optim.Optimizer):
         self._backwards = BackwardWatch()
         super().__init__(params, defaults)
         # As in davda54/sam: the base is built over our groups; both share them, and the state.
-        self.base_optimizer = base_optimizer_module.build(base_optimizer, self.param_groups, kwargs)
+        self.base_optimizer = base_optimizer_module.build(base_optimizer, self.param_groups, kwargs, defaults)
         self.param_groups = self.base_optimizer.param_groups
-        self.base_optimizer.state = self.state
         self.defaults.update(self.base_optimizer.defaults)
         self._fused_sgd = base_optimizer_module.is_fused_sgd(self.base_optimizer)
+        if self._fused_sgd:  # never stepped: its state is ours (momentum_buffer, torch.optim.SGD's layout)
+            self.base_optimizer.state = self.state
         for group in self.param_groups:
             check_base(group, self._fused_sgd)
         self._buckets.state = self.state
@@ -168,31 +170,41 @@ class SANER(torch.optim.Optimizer):
         if "_buckets" in self.__dict__:
             self._buckets.state = self.state
         for group in self._user_groups():  # e.g. a torch.optim.SGD checkpoint has no rho/alpha/variant...
+            if "ratio_eps" not in group and "eps" in group and "betas" not in group:  # saved before ratio_eps
+                group["ratio_eps"] = group.pop("eps")
             for name, default in self.defaults.items():
                 group.setdefault(name, default)
             variants.resolve_group(group, explicit=set())
         if "base_optimizer" in self.__dict__:
-            self.base_optimizer.state = self.state
             self.base_optimizer.param_groups = self.param_groups
+            if self._fused_sgd:
+                self.base_optimizer.state = self.state
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's ``load_state_dict``, after checking the whole checkpoint against this optimizer: a refused
         load changes nothing (docs/design.md, "Bad input")."""
         check_loadable(self._user_groups(), state_dict, self._resolved_loaded_group)
-        super().load_state_dict(state_dict)
+        own, base = base_optimizer_module.split_state_dict(state_dict, FLAT_STATE_KEYS)
+        super().load_state_dict(own)
         self._buckets.copy_loaded_state()
+        if not self._fused_sgd:
+            self.base_optimizer.load_state_dict(base)  # its own rules (e.g. where Adam's step lives)
+            self.base_optimizer.param_groups = self.param_groups
 
     def state_dict(self) -> dict:
-        """torch's layout; the g_SGD group a GradScaler sees during a step is not part of it."""
+        """torch's layout, the base optimizer's per-parameter state beside SANER's; the g_SGD group a GradScaler
+        sees during a step is not part of it."""
         bridge_group = self._scaler_bridge.group
-        if bridge_group is None:
-            return super().state_dict()
         self._scaler_bridge.withdraw(self.param_groups)
         try:
-            return super().state_dict()
+            own = super().state_dict()
         finally:
-            self._scaler_bridge.group = bridge_group
-            self.param_groups.append(bridge_group)
+            if bridge_group is not None:
+                self._scaler_bridge.group = bridge_group
+                self.param_groups.append(bridge_group)
+        if self._fused_sgd:
+            return own
+        return base_optimizer_module.merged_state_dict(own, self.base_optimizer.state_dict())
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero gradients. Bucketed gradients are zeroed in place whatever ``set_to_none`` says."""
@@ -300,11 +312,21 @@ class SANER(torch.optim.Optimizer):
             if self._step_state is not None:  # GradScaler.step(opt), or a plain step() after first_step()
                 self.second_step(zero_grad=True)
                 return None
+            if getattr(self, "found_inf", None) is not None:
+                raise RuntimeError(
+                    "GradScaler.step(optimizer) came without first_step(): SAM/SANER need two gradients per step. "
+                    "PyTorch Lightning's precision='16-mixed' runs the training closure once itself and then steps "
+                    "the optimizer: use precision='bf16-mixed' (no scaler), or manual optimization with "
+                    "first_step/second_step (docs/migrating.md)."
+                )
             raise RuntimeError("step() needs a closure, or a first_step() before it. " + _STEP_API_HELP)
         convention = resolve_convention(self.closure, closure, self._backwards.seen)
         closure = torch.enable_grad()(closure)
         loss_at_w = closure() if convention == "both_passes" else None
         self.first_step(zero_grad=True)
+        # GradScaler refuses closures, so no scaler needs g_SGD; what the closure (e.g. Lightning's clipping) reads
+        # of param_groups must be the user's groups only.
+        self._scaler_bridge.withdraw(self.param_groups)
         try:
             loss = closure()
         except BaseException:
@@ -312,6 +334,32 @@ class SANER(torch.optim.Optimizer):
             raise
         self.second_step()
         return loss if loss_at_w is None else loss_at_w
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> Tensor:
+        """Clip the update by the norm of the gradients in ``p.grad``, as ``torch.nn.utils.clip_grad_norm_`` does,
+        returning that total norm. Between the second backward and ``second_step``, the clip coefficient
+        scales g_SAM and g_SGD alike inside the update, so the Group B mask is that of the unclipped gradients
+        (docs/design.md, "Gradient clipping"); no pass over the gradients but the norm's. Before
+        ``first_step`` it only returns the norm: the first gradient sets the perturbation, which is scale-free.
+        With a GradScaler, call ``scaler.unscale_(optimizer)`` first, as for torch's clip."""
+        grads = [b.flat_grad[: b.n_valid] for b in self._buckets.buckets()]
+        bucketed = self._buckets.bucketed_ids()
+        grads += [
+            p.grad for g in self._user_groups() for p in g["params"] if p.grad is not None and id(p) not in bucketed
+        ]
+        if not grads:
+            return torch.zeros(())
+        total = torch.nn.utils.get_total_norm(grads, norm_type)
+        step = self._step_state
+        if step is not None:
+            if any(variants.average_key(g) for g in self._user_groups()):
+                raise RuntimeError(
+                    "clip_grad_norm_ with variant='fsam' or 'vasso' is not supported: the clip coefficient would also "
+                    "scale the gradient average. Clip with variant='sam' or 'gsam', or do not clip."
+                )
+            step.clip_coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        return total
 
     @torch.no_grad()
     def _undo_perturbation(self) -> None:

@@ -41,6 +41,7 @@ class StepState:
     scales: list[Tensor] = field(default_factory=list)
     norm: Optional[Tensor] = None
     skip: Optional[Tensor] = None  # 0-dim fp32 on the first bucket's device: nonzero = skip; None without buckets
+    clip_coef: Optional[Tensor] = None  # set by the optimizer's clip_grad_norm_: scales the update, not the mask
     _skip_by_device: dict = field(default_factory=dict)
 
     def set_skip(self, skip: Tensor) -> None:
@@ -138,7 +139,7 @@ def second_step(
         stats = None
         if count_groups:
             stats = counts.setdefault(bucket.device, torch.zeros(3, dtype=torch.int64, device=bucket.device))
-        inv_scale = scaling.inv_scale_on(bucket.device) if scaling is not None else None
+        inv_scale = _update_factor(step, scaling, bucket.device)
         if scaling is not None:  # after scaler.unscale_(opt) g_SGD is unscaled: recompute e = g_SGD * s
             scale = scale / scaling.applied_factor(bucket.device).to(scale.dtype)
         skip = step.skip_on(bucket.device)
@@ -170,6 +171,17 @@ def second_step(
         if zero_grad and fused_sgd:
             bucket.spare_is_zero = True  # the update zeroed both gradient buffers
     return list(counts.values())
+
+
+def _update_factor(step: StepState, scaling: Optional[Unscaling], device: torch.device) -> Optional[Tensor]:
+    """What the update multiplies both gradients by: GradScaler's ``1/scale`` and the clip coefficient. A
+    factor common to g_SAM and g_SGD leaves their ratio, so the Group B mask, unchanged (docs/design.md,
+    "Gradient clipping")."""
+    inv_scale = scaling.inv_scale_on(device) if scaling is not None else None
+    if step.clip_coef is None:
+        return inv_scale
+    clip = step.clip_coef.to(device=device, dtype=torch.float32)
+    return clip if inv_scale is None else inv_scale * clip
 
 
 def update_bucket(
@@ -284,7 +296,7 @@ def _direction_hyper(group: dict) -> UpdateHyper:
     update a pure restore (lr 0: ``w + e - e - 0 * d``)."""
     gsam_alpha = float(group["gsam_alpha"]) if group["variant"] == "gsam" else 0.0
     return UpdateHyper(
-        lr=0.0, momentum=1.0, alpha=float(group["alpha"]), eps=float(group["eps"]), gsam_alpha=gsam_alpha
+        lr=0.0, momentum=1.0, alpha=float(group["alpha"]), eps=float(group["ratio_eps"]), gsam_alpha=gsam_alpha
     )
 
 
@@ -317,7 +329,7 @@ def _local_update(
         bucket.flat_g_sgd,
         skip,
         float(group["alpha"]),
-        float(group["eps"]),
+        float(group["ratio_eps"]),
         stats=stats,
         n_valid=bucket.n_valid,
         inv_scale=inv_scale,

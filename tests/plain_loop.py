@@ -76,8 +76,17 @@ class PlainLoopSANER:
             p.grad = grads[p] - g["gsam_alpha"] * (self.state[p]["g_sgd"] - k * grads[p] / (n2 + 1e-12).to(p.dtype))
 
     @torch.no_grad()
-    def second_step(self):
+    def second_step(self, base_optimizer=None, clip_max_norm=None):
+        """``base_optimizer``: a torch optimizer over the same parameters, stepped on the reweighted gradient
+        (weight decay and momentum are then its own). ``clip_max_norm``: the update is scaled by torch's clip
+        coefficient of the second gradients, the mask compares the unclipped ones."""
         self.counts = [0, 0, 0]
+        coef = 1.0
+        if clip_max_norm is not None:
+            g2 = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in g2]))
+            # applied as an fp32 factor, as the update applies GradScaler's 1/scale (docs/design.md, "Numerics")
+            coef = torch.clamp(clip_max_norm / (total + 1e-6), max=1.0).float().to(total.dtype)
         if any(g.get("variant") == "gsam" for g in self.param_groups):
             self._gsam_decompose()
         for group in self.param_groups:
@@ -87,7 +96,9 @@ class PlainLoopSANER:
                     continue
                 p.sub_(st.pop("e"))
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
-                r = g / (st["g_sgd"] + group["eps"])
+                # A clip coefficient scales both gradients: the ratio, so the mask, is the unclipped one's.
+                g, g_sgd = g * coef, st["g_sgd"] * coef
+                r = g / (g_sgd + group["ratio_eps"])
                 m = (r > 0) & (r < 1)
                 self.counts = [
                     self.counts[0] + int((r >= 1).sum()),
@@ -95,6 +106,9 @@ class PlainLoopSANER:
                     self.counts[2] + int((r <= 0).sum()),
                 ]
                 d = torch.where(m, group["alpha"] * g, g)
+                if base_optimizer is not None:
+                    p.grad = d
+                    continue
                 # weight decay and momentum exactly as torch.optim.SGD writes them
                 d = d.add(p, alpha=group["weight_decay"])
                 mu, tau = group["momentum"], group["dampening"]
@@ -106,6 +120,9 @@ class PlainLoopSANER:
                     d = d.add(st["buf"], alpha=mu) if group["nesterov"] else st["buf"]
                 p.add_(d, alpha=-group["lr"])
                 p.grad = None
+        if base_optimizer is not None:
+            base_optimizer.step()
+            base_optimizer.zero_grad(set_to_none=True)
 
 
 def davda54_sam_step(model_params, sgd: torch.optim.SGD, rho: float, closure) -> None:

@@ -14,7 +14,7 @@ from saner_kernels import SAM, SANER
 
 HYPER = dict(lr=0.05, momentum=0.9, weight_decay=5e-4, rho=0.1, alpha=0.5)
 NON_FINITE = [float("nan"), float("inf"), -float("inf")]
-GROUP_NUMBERS = ["lr", "momentum", "dampening", "weight_decay", "rho", "alpha", "eps"]
+GROUP_NUMBERS = ["lr", "momentum", "dampening", "weight_decay", "rho", "alpha", "ratio_eps"]
 
 
 def stepped(opt_kwargs=None, model_kind="mlp", steps=2, cls=SANER, seed=0):
@@ -159,3 +159,16 @@ def test_sam_refuses_a_saner_checkpoint_and_keeps_alpha_one():
     assert_unchanged(model, sam, before)
     assert all(g["alpha"] == 1.0 for g in sam.param_groups)
     assert math.isclose(sam.param_groups[0]["rho"], 0.05)
+
+
+def test_adamw_state_of_another_model_is_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4))
+    opt = SANER(model.parameters(), torch.optim.AdamW, lr=1e-2)
+    x, y = torch.randn(5, 3), torch.randint(0, 4, (5,))
+    run_saner(model, opt, [(x, y)])
+    foreign = copy.deepcopy(opt.state_dict())
+    foreign["state"][0]["exp_avg"] = torch.zeros(3)
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match=r"'exp_avg' for parameter 0 of group 0 \(shape \(4, 3\)\) has shape \(3,\)"):
+        opt.load_state_dict(foreign)
+    assert_unchanged(model, opt, before)

@@ -38,7 +38,7 @@ INF_AT = 1  # the skip scenarios put a non-finite first gradient on rank 1 at th
 LAUNCH_TIMEOUT_S = 120
 COLLECTIVE_TIMEOUT_S = 60
 BACKENDS = ("reference", "cpp")
-HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, rho=0.2, alpha=0.5, eps=1e-8)
+HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, rho=0.2, alpha=0.5, ratio_eps=1e-8)
 TOL = 1e-12
 
 
@@ -292,7 +292,7 @@ def simulate_local(steps: int = STEPS) -> list[tuple]:
             g2 = grads_at([wi + gi * s for wi, gi in zip(w, g1)], xs, ys)
             d_rank = []
             for a, b in zip(g2, g1):
-                ratio = a / (b + h["eps"])
+                ratio = a / (b + h["ratio_eps"])
                 in_b = (ratio > 0) & (ratio < 1)
                 in_a = ratio >= 1
                 counts += torch.stack([in_a.sum(), in_b.sum(), (~in_a & ~in_b).sum()])

@@ -98,7 +98,7 @@ def test_every_zero_grad_mix_trains_like_the_plain_loop(backend, pattern):
     opt = SANER(model.parameters(), backend=backend, **HYPER)
     _train(model, opt, data, pattern)
     loop = PlainLoopSANER(
-        [dict(params=list(oracle.parameters()), dampening=0.0, nesterov=False, adaptive=False, eps=1e-8, **HYPER)]
+        [dict(params=list(oracle.parameters()), dampening=0.0, nesterov=False, adaptive=False, ratio_eps=1e-8, **HYPER)]
     )
     for batch in data:
         loss_fn(oracle, batch).backward()

@@ -23,7 +23,7 @@ HYPER = dict(
     rho=0.1,
     alpha=0.5,
     adaptive=False,
-    eps=1e-8,
+    ratio_eps=1e-8,
 )
 CPU_BACKENDS = [name for name, ok in available_backends("cpu").items() if ok]
 
@@ -285,7 +285,7 @@ def test_non_finite_first_gradient_skips_the_step(bad, backend):
 # SANER's own numbers are checked by SANER, the base optimizer's by the base (torch.optim.SGD's messages).
 NEGATIVE_REFUSED = {
     "rho": "rho",
-    "eps": "eps",
+    "ratio_eps": "ratio_eps",
     "alpha": "alpha",
     "lr": "lr|learning rate",
     "momentum": "momentum",

@@ -36,7 +36,7 @@ def test_reference_matches_plain_loop(kind, dtype, alpha, adaptive, variant):
         rho=0.5 if adaptive else 0.1,
         alpha=alpha,
         adaptive=adaptive,
-        eps=1e-8,
+        ratio_eps=1e-8,
         **VARIANTS[variant],
     )
     model = MODELS[kind](dtype)
@@ -102,7 +102,7 @@ def test_two_groups_with_their_own_hyperparameters():
         ]
 
     run_saner(model, SANER(groups(model), lr=1.0, momentum=0.9, weight_decay=5e-4, backend="reference"), data)
-    defaults = dict(momentum=0.9, dampening=0.0, nesterov=False, weight_decay=5e-4, adaptive=False, eps=1e-8)
+    defaults = dict(momentum=0.9, dampening=0.0, nesterov=False, weight_decay=5e-4, adaptive=False, ratio_eps=1e-8)
     run_loop_groups = PlainLoopSANER([{**defaults, **g} for g in groups(oracle)])
     for batch in data:
         loss_fn(oracle, batch).backward()

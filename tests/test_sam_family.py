@@ -17,7 +17,9 @@ from saner_kernels import SAM, SANER, available_backends
 
 CPU_BACKENDS = [name for name, ok in available_backends("cpu").items() if ok]
 VARIANT_HYPER = {"fsam": dict(sigma=1.0, lmbda=0.9), "vasso": dict(theta=0.2), "gsam": dict(gsam_alpha=0.4)}
-HYPER = dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=5e-4, nesterov=False, rho=0.1, alpha=0.5, eps=1e-8)
+HYPER = dict(
+    lr=0.05, momentum=0.9, dampening=0.0, weight_decay=5e-4, nesterov=False, rho=0.1, alpha=0.5, ratio_eps=1e-8
+)
 
 
 def hyper(variant: str, **overrides) -> dict:

@@ -34,7 +34,7 @@ class UpdateHyper:
             dampening=float(group["dampening"]),
             weight_decay=float(group["weight_decay"]),
             alpha=float(group["alpha"]),
-            eps=float(group["eps"]),
+            eps=float(group["ratio_eps"]),
             nesterov=bool(group["nesterov"]),
             gsam_alpha=float(group.get("gsam_alpha", 0.0)) if group.get("variant") == "gsam" else 0.0,
         )

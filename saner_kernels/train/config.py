@@ -237,7 +237,7 @@ class Config:
     gsam_alpha: float = option(
         variant_default("gsam_alpha"), "--variant gsam: weight of the surrogate-gap ascent", group=MODEL, resume=True
     )
-    eps: float = option(saner_default("eps"), group=MODEL, resume=True)
+    eps: float = option(saner_default("ratio_eps"), group=MODEL, resume=True)
     bn_stats: str = option(
         "first",
         "which SAM/SANER forward pass updates BatchNorm running statistics (second = the paper code's choice)",

@@ -88,7 +88,7 @@ def build_optimizer(name: str, params, cfg: Config, ddp=None):
         adaptive=cfg.adaptive,
         nesterov=cfg.nesterov,
         dampening=cfg.dampening,
-        eps=cfg.eps,
+        ratio_eps=cfg.eps,
         backend=cfg.backend,
         track_groups=True,
     )
