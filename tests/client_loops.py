@@ -42,8 +42,9 @@ class PlainTwoPassSAM:
 
     g1 at w; e = (w*w if adaptive else 1) * g1 * rho / ||(|w| if adaptive else 1) * g1||; g2 at w + e;
     back to w (the saved copy); Group B (0 < g2 / (g1 + eps) < 1) of g2 scaled by alpha; the base steps on it.
-    ``clip_norm``: each gradient clipped by its own norm right after its backward (Lightning's
-    ``gradient_clip_val``).
+    ``clip_norm``: each gradient named in ``clip_passes`` ("first": g_SGD, "second": g_SAM) clipped by its own
+    norm right after its backward (Lightning's ``gradient_clip_val`` clips both; a clip written between the
+    second backward and the second step, as ``accelerator.clip_grad_norm_``, only the second).
     """
 
     def __init__(
@@ -56,26 +57,28 @@ class PlainTwoPassSAM:
         adaptive: bool = False,
         eps: float = 1e-8,
         clip_norm: Optional[float] = None,
+        clip_passes: tuple = ("first", "second"),
         **base_kwargs,
     ):
         self.params = list(params)
         self.base = base_optimizer(self.params, **base_kwargs)
-        self.rho, self.alpha, self.adaptive, self.eps, self.clip_norm = rho, alpha, adaptive, eps, clip_norm
+        self.rho, self.alpha, self.adaptive, self.eps = rho, alpha, adaptive, eps
+        self.clip_norm, self.clip_passes = clip_norm, clip_passes
 
-    def _gradients(self, forward_backward: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, list]:
+    def _gradients(self, forward_backward: Callable[[], torch.Tensor], which: str) -> tuple[torch.Tensor, list]:
         for p in self.params:
             p.grad = None
         with torch.enable_grad():
             loss = forward_backward()
-        if self.clip_norm is not None:
+        if self.clip_norm is not None and which in self.clip_passes:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         return loss, [p.grad.clone() for p in self.params]
 
     def step(self, forward_backward: Callable[[], torch.Tensor]) -> torch.Tensor:
         """One SAM step; ``forward_backward`` runs forward and backward at the current weights."""
-        loss, g_sgd = self._gradients(forward_backward)
+        loss, g_sgd = self._gradients(forward_backward, "first")
         self.ascend(g_sgd)
-        _, g_sam = self._gradients(forward_backward)
+        _, g_sam = self._gradients(forward_backward, "second")
         self.descend(g_sgd, g_sam)
         return loss
 
