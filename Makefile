@@ -19,6 +19,8 @@ $(DEPS_STAMP): Makefile
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PY) -c "import triton" 2>/dev/null || $(PIP) install -q triton==3.6.0
 	$(PIP) install -q setuptools wheel pybind11 ninja numpy pytest pytest-benchmark ruff scikit-learn matplotlib pillow
+	# The framework client tests' (setup.py's test extra); they take the torch above as it is (torch 2.11 to 2.15).
+	$(PIP) install -q lightning==2.6.6 accelerate==1.16.0
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) setup.py $(NATIVE_SOURCES)

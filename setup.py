@@ -144,7 +144,8 @@ setup(
     install_requires=["torch>=2.11"],  # tested in .ci/run: 2.11, 2.13, 2.14.1 (CUDA build), 2.15
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest", "pytest-benchmark"],
+        # The framework client tests (tests/test_client_*.py); both accept torch 2.11 to 2.15 as installed.
+        "test": ["pytest", "pytest-benchmark", "lightning>=2.6.6,<2.7", "accelerate>=1.16,<1.17"],
         "demo": ["scikit-learn", "matplotlib", "pillow"],
     },
     ext_modules=ext_modules,
