@@ -66,6 +66,10 @@ SAM_SETTINGS = dict(rho=0.5, lr=0.1, momentum=0.9, weight_decay=1e-3)
 OPTIMIZERS = {
     "SAM": (lambda params: SAM(params, torch.optim.SGD, **SAM_SETTINGS), dict(SAM_SETTINGS, alpha=1.0)),
     "SANER": (lambda params: SANER(params, **SANER_SETTINGS), SANER_SETTINGS),
+    "SAM-AdamW": (
+        lambda params: SAM(params, torch.optim.AdamW, rho=0.05, lr=1e-2, weight_decay=0.05),
+        dict(base_optimizer=torch.optim.AdamW, rho=0.05, lr=1e-2, weight_decay=0.05),
+    ),
     "SANER-adaptive-nesterov": (
         lambda params: SANER(params, adaptive=True, nesterov=True, **SANER_SETTINGS),
         dict(SANER_SETTINGS, adaptive=True, nesterov=True),
@@ -120,11 +124,18 @@ def test_bf16_mixed_equals_the_loop_under_the_same_autocast():
     assert max_weight_difference(module.net, fp32_run) > 1e-5  # autocast was on
 
 
+def with_step_lr(params):
+    """SANER with an epoch-wise StepLR. Lightning accepts only schedulers built on the optimizer it was given (one
+    on ``optimizer.base_optimizer`` is refused as 'not returned from configure_optimizers')."""
+    optimizer = OPTIMIZERS["SANER-adaptive-nesterov"][0](params)
+    return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)}
+
+
 def test_checkpoint_resume_continues_bit_for_bit(tmp_path):
-    """A Trainer checkpoint (weights, momentum, loop state) resumed with ``fit(ckpt_path=...)``. The run is cut
-    at an epoch's end: Lightning's own loop resumes a run stopped by ``max_steps`` mid-epoch differently, with
-    ``torch.optim.SGD`` too."""
-    make_optimizer, _ = OPTIMIZERS["SANER-adaptive-nesterov"]
+    """A Trainer checkpoint (weights, momentum, LR scheduler, loop state) resumed with ``fit(ckpt_path=...)``. The
+    run is cut at an epoch's end: Lightning's own loop resumes a run stopped by ``max_steps`` mid-epoch
+    differently, with ``torch.optim.SGD`` too."""
+    make_optimizer = with_step_lr
     dataset = tiny_data()
 
     uninterrupted = TinyModule(make_optimizer)
@@ -142,6 +153,7 @@ def test_checkpoint_resume_continues_bit_for_bit(tmp_path):
     assert resumed.training_step_calls == 2 * 2 * len(batches(dataset))  # epochs 2 and 3 only
     for p, q in zip(resumed.net.parameters(), uninterrupted.net.parameters()):
         assert torch.equal(p, q)
+    assert resumed_trainer.optimizers[0].param_groups[0]["lr"] == SANER_SETTINGS["lr"] * 0.5**3
     resumed_state = resumed_trainer.optimizers[0].state_dict()["state"]
     uninterrupted_state = uninterrupted.trainer.optimizers[0].state_dict()["state"]
     assert resumed_state.keys() == uninterrupted_state.keys() and resumed_state
