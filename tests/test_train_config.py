@@ -54,7 +54,7 @@ def test_resume_keys_are_the_options_that_change_the_run():
         "dataset", "model", "width", "noise", "noise_rate", "asym100", "human_key", "image_size", "epochs",
         "batch_size", "lr", "momentum", "weight_decay", "nesterov", "dampening", "rho", "alpha", "k", "adaptive",
         "eps", "milestones", "lr_gamma", "bn_stats", "augment", "seed", "variant", "sigma", "lmbda", "theta",
-        "gsam_alpha", "ddp_mode",
+        "gsam_alpha", "ddp_mode", "group",
     }  # fmt: skip
     # where the data comes from, how fast it runs and where it goes does not change the result
     assert not {"data_dir", "device", "backend", "workers", "out", "compile", "eval_batch_size"} & set(RESUME_KEYS)

@@ -25,11 +25,12 @@ from .cifar_n import CIFAR_N_FILES, DEFAULT_KEYS, load_human_labels
 from .config import DATA, DATASET_DEFAULTS, MODEL, RUN, Config, add_config_arguments, config_values
 from .data import DataError, DeviceData, load_dataset
 from .distributed import Dist, init_distributed, shutdown
-from .engine import OPTIMIZERS, Run, resolve_device, run_name
+from .engine import Run, resolve_device
 from .folders import FOLDER_DATASETS, PRESETS, load_folder_dataset
 from .image_check import checked_folder_dataset
 from .noise import make_noisy_labels
-from .report import format_table, plot_curves, summary_rows
+from .plan import ABLATIONS, OPTIMIZERS, PERTURBED, TWO_PASS, RunSpec, compare_runs, parse_sweep, sweep_runs
+from .report import format_table, plot_curves, plot_group_fractions, summary_rows
 from .resume import check_resume_target
 from .streaming import StreamingData
 
@@ -45,11 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {name: p.add_argument_group(name) for name in (DATA, MODEL, RUN)}
     add_config_arguments(groups)
     m, r = groups[MODEL], groups[RUN]
-    m.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="a single run (default for CIFAR: saner)")
+    m.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=None,
+        help="a single run (default for CIFAR: saner); samwo and samonly are the paper's group ablations (--group)",
+    )
     m.add_argument(
         "--compare",
         default=None,
         help="comma-separated optimizers run with the same data, noise and seed (default for digits: sgd,sam,saner)",
+    )
+    m.add_argument(
+        "--sweep",
+        default=None,
+        metavar="KEY=V1,V2,...",
+        help="one run of --optimizer (default saner) per value, with the same initial weights, noisy labels and data "
+        "order: alpha=0.25,0.5,0.75,1.0 (the paper's Figure 5) or k=0,25,50,75 (the alpha schedule's epochs); "
+        "runs are named saner-alpha0.5, saner-k25",
     )
     r.add_argument(
         "--threads",
@@ -79,18 +93,24 @@ def config_from_args(args) -> tuple[Config, list[str]]:
     dd = DATASET_DEFAULTS[args.dataset]
     if args.optimizer and args.compare:
         raise SystemExit("give either --optimizer or --compare, not both")
+    if args.sweep and args.compare:
+        raise SystemExit("--sweep varies one optimizer's setting: give it with --optimizer, not --compare")
     if args.compare:
         names = [s.strip() for s in args.compare.split(",") if s.strip()]
     elif args.optimizer:
         names = [args.optimizer]
     else:
-        names = (dd["compare"] or "saner").split(",")
+        names = ["saner"] if args.sweep else (dd["compare"] or "saner").split(",")
     bad = [n for n in names if n not in OPTIMIZERS]
     if bad or len(set(names)) != len(names):
         raise SystemExit(f"--compare: optimizers must be distinct names from {OPTIMIZERS}, got {names}")
-    if args.variant != "sam" and not any(n in ("sam", "saner") for n in names):
+    if args.variant != "sam" and not any(n in PERTURBED for n in names):
         raise SystemExit(f"--variant {args.variant} is a perturbation of sam and saner; this run has only {names}")
+    ablations = [n for n in names if n in ABLATIONS]
+    if args.group and not ablations:
+        raise SystemExit(f"--group picks the gradient group of samwo and samonly; this run has only {names}")
     values = config_values(args)
+    values["group"] = (args.group or "B") if ablations else ""
     noise, model = values["noise"], values["model"]
     check_data_flags(args, noise)
     values["human_key"] = args.human_key or ""
@@ -137,6 +157,14 @@ def check_data_flags(args, noise: str) -> None:
         raise SystemExit(f"--noise-rate must be in [0, 1], got {args.noise_rate}")
 
 
+def planned_runs(args, cfg: Config, names: list[str]) -> list[RunSpec]:
+    """The runs of the invocation: one per optimizer, or one per value of ``--sweep``."""
+    if not args.sweep:
+        return compare_runs(cfg, names)
+    key, values = parse_sweep(args.sweep)
+    return sweep_runs(cfg, names[0], key, values)
+
+
 def check_flags(cfg: Config, device: torch.device, names: list[str], dist: Optional[Dist] = None) -> None:
     if cfg.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise SystemExit("--amp bf16: this GPU does not support bfloat16; drop --amp")
@@ -144,12 +172,12 @@ def check_flags(cfg: Config, device: torch.device, names: list[str], dist: Optio
         # each rank's GradScaler would see only its own overflows and back its scale off alone: the ranks'
         # scales would part, and with them the loss scaling of their gradients
         raise SystemExit("--ddp-mode local does not support --amp fp16 (per-rank loss scales); use --amp bf16")
-    if cfg.amp == "fp16" and cfg.variant in ("fsam", "vasso") and any(n in ("sam", "saner") for n in names):
+    if cfg.amp == "fp16" and cfg.variant in ("fsam", "vasso") and any(n in PERTURBED for n in names):
         raise SystemExit(
             f"--variant {cfg.variant} keeps an average of past gradients, which fp16's scaled gradients would "
             f"corrupt: use --amp bf16 (or --variant sam/gsam with --amp fp16)"
         )
-    if cfg.backend != "auto" and any(n in ("sam", "saner") for n in names):
+    if cfg.backend != "auto" and any(n in TWO_PASS for n in names):
         status = available_backends(device)
         if cfg.backend not in status:
             raise SystemExit(f"--backend {cfg.backend!r} unknown; choose auto or one of {sorted(status)}")
@@ -225,7 +253,7 @@ def run_title(cfg: Config, info: dict) -> str:
 
 def run(
     cfg: Config,
-    names: list[str],
+    runs: list[RunSpec],
     resume: bool = False,
     log=print,
     progress: Optional[bool] = None,
@@ -233,32 +261,31 @@ def run(
     device: Optional[torch.device] = None,
     max_epochs: Optional[int] = None,
 ) -> dict:
-    """Trains each optimizer in ``names`` with the same data, noise and seed. Returns {run name: history}.
+    """Trains each run of ``runs`` with the same data, noise and seed. Returns {run name: history}.
 
     ``dist`` and ``device``: this process's rank and device under torchrun (``distributed.init_distributed``).
     ``max_epochs``: stop after that many epochs in this call (``--stop-after``)."""
     dist = dist or Dist()
     device = device or resolve_device(cfg.device)
-    check_flags(cfg, device, names, dist)
+    check_flags(cfg, device, [spec.optimizer for spec in runs], dist)
     if resume:  # before the data is read: flags that name another run are refused at once
-        check_resume_target(cfg.out, [run_name(n, cfg.variant) for n in names], cfg, dist)
+        check_resume_target(cfg.out, [spec.name for spec in runs], cfg, dist)
     data, ds, info = prepare_data(cfg, device, log, dist)
     histories = {}
-    for name in names:
-        label = run_name(name, cfg.variant)
+    for spec in runs:
         r = Run(
-            cfg,
-            name,
+            spec.cfg,
+            spec.optimizer,
             data,
             ds.num_classes,
             ds.in_channels,
-            name=label,
+            name=spec.name,
             log=log,
             progress=progress,
             extra_header=info,
             dist=dist,
         )
-        histories[label] = r.fit(resume=resume, max_epochs=max_epochs)
+        histories[spec.name] = r.fit(resume=resume, max_epochs=max_epochs)
     return {"histories": histories, "info": info, "device": str(device), "world_size": dist.world_size}
 
 
@@ -268,11 +295,12 @@ def main(argv=None) -> int:
     if threads:
         torch.set_num_threads(threads)
     cfg, names = config_from_args(args)
+    runs = planned_runs(args, cfg, names)
     if args.stop_after is not None and args.stop_after < 1:
         raise SystemExit(f"--stop-after must be at least 1, got {args.stop_after}")
     dist, device = init_distributed(cfg.device, cfg.ddp_mode)
     try:
-        code = _main(args, cfg, names, dist, device)
+        code = _main(args, cfg, runs, dist, device)
     except BaseException:
         shutdown(dist, clean=False)
         raise
@@ -280,21 +308,22 @@ def main(argv=None) -> int:
     return code
 
 
-def _main(args, cfg: Config, names: list[str], dist: Dist, device: Optional[torch.device]) -> int:
+def _main(args, cfg: Config, runs: list[RunSpec], dist: Dist, device: Optional[torch.device]) -> int:
     main_rank = dist.is_main  # only rank 0 prints and writes
     log = (lambda s: None) if args.quiet or not main_rank else (lambda s: print(s, flush=True))
     t0 = time.time()
     ranks = f", {dist.world_size} processes ({cfg.ddp_mode} mode)" if dist.active else ""
     if main_rank:
         print(
-            f"saner-train: {', '.join(names)} on {cfg.dataset} ({cfg.model}, {cfg.epochs} epochs, batch "
-            f"{cfg.batch_size}{ranks}, lr {cfg.lr:g}, rho {cfg.rho:g}, alpha {cfg.alpha:g}, k {cfg.k}) -> {cfg.out}",
+            f"saner-train: {', '.join(spec.name for spec in runs)} on {cfg.dataset} ({cfg.model}, {cfg.epochs} "
+            f"epochs, batch {cfg.batch_size}{ranks}, lr {cfg.lr:g}, rho {cfg.rho:g}, alpha {cfg.alpha:g}, k {cfg.k}) "
+            f"-> {cfg.out}",
             flush=True,
         )
     try:
         res = run(
             cfg,
-            names,
+            runs,
             resume=args.resume,
             log=log,
             progress=False if args.no_progress else None,
@@ -320,11 +349,14 @@ def _main(args, cfg: Config, names: list[str], dist: Dist, device: Optional[torc
     with open(os.path.join(cfg.out, "summary.md"), "w") as f:
         f.write(f"{title}\n\n{table}\n")
     plot = plot_curves(histories, os.path.join(cfg.out, "curves.png"), title)
+    groups_plot = plot_group_fractions(histories, os.path.join(cfg.out, "groups.png"), title)
     print()
     print(title)
     print(table)
     print(f"logs: {', '.join(os.path.join(cfg.out, n, 'log.jsonl') for n in histories)}")
     print(f"plot: {plot}" if plot else "plot: skipped (matplotlib not installed: pip install 'saner_kernels[demo]')")
+    if groups_plot:
+        print(f"group fractions per layer kind: {groups_plot}")
     where = f" ({dist.world_size} processes)" if dist.active else ""
     print(f"total time {time.time() - t0:.0f}s on {res['device']}{where}")
     return 0

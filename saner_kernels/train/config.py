@@ -23,6 +23,7 @@ from .folders import FOLDER_DATASETS
 from .noise import CIFAR100_ASYM_DEFAULT, CIFAR100_ASYM_VARIANTS, NOISE_TYPES
 
 AMP_MODES = ("none", "bf16", "fp16")
+ABLATION_GROUPS = ("A", "B", "C", "AB")  # the gradient groups samwo/samonly act on (the authors' optimizer/samwo.py)
 DATA, MODEL, RUN = "data and noise", "model and optimizer", "run"
 
 # Per-dataset defaults for the flags left unset. digits: the demo, sized for a few CPU minutes. Image folders:
@@ -216,6 +217,16 @@ class Config:
         per_dataset=True,
     )
     adaptive: bool = option(saner_default("adaptive"), "adaptive (ASAM-style) perturbation", group=MODEL, resume=True)
+    group: str = option(
+        "",
+        "--optimizer samwo/samonly: the gradient group of the paper's ablation (Figures 2-4): samwo = SAM with this "
+        "group's g_SAM replaced by g_SGD (SGD-GrA/GrB/GrC), samonly = g_SAM in this group only; A: ratio >= 1, "
+        "B: 0 < ratio < 1, C: ratio <= 0, AB: ratio > 0 (default B)",
+        group=MODEL,
+        resume=True,
+        choices=ABLATION_GROUPS,
+        derived=True,
+    )
     variant: str = option(
         saner_default("variant"),
         "the perturbation of sam and saner: sam (SAM's own), fsam (Friendly-SAM: less the gradient average), "

@@ -29,18 +29,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import SAM, SANER, AlphaScheduler
+from .. import SAM, SAMONLY, SAMWO, SANER, AlphaScheduler
 from ..variants import HYPERPARAMETERS as variant_hyperparameters
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import AMP_MODES, Config, settings_differences
 from .data import DeviceData
 from .distributed import DDP_MODES, Dist, global_batchnorm
+from .layer_groups import fractions_by_kind, parameter_kinds
 from .models import build_model
+from .plan import ABLATIONS, OPTIMIZERS, PERTURBED, TWO_PASS
 from .replica_state import own_state, with_own_state
 from .report import JsonlLog
 from .streaming import StreamingData
 
-OPTIMIZERS = ("sgd", "sam", "saner")
 CKPT_VERSION = 1
 
 
@@ -59,17 +60,15 @@ def lr_at(cfg: Config, epoch: int) -> float:
     return cfg.lr * cfg.lr_gamma**passed
 
 
-def run_name(optimizer: str, variant: str = "sam") -> str:
-    """The run's name (its folder, log and table row): ``saner-fsam`` for SANER with Friendly-SAM's perturbation."""
-    return f"{optimizer}-{variant}" if optimizer in ("sam", "saner") and variant != "sam" else optimizer
-
-
 def _accepts(cls, name: str) -> bool:
     return name in inspect.signature(cls.__init__).parameters
 
 
 def build_optimizer(name: str, params, cfg: Config, ddp=None):
-    """Returns (optimizer, alpha scheduler or None). ``ddp``: the DistributedDataParallel model under torchrun."""
+    """Returns (optimizer, alpha scheduler or None). ``ddp``: the DistributedDataParallel model under torchrun.
+
+    samwo and samonly are the paper's group ablations: they keep their own alpha (SAMWO's Group B bound, 1 as in the
+    authors' scripts), not SANER's target, and have no schedule."""
     if name == "sgd":
         opt = torch.optim.SGD(
             params,
@@ -90,17 +89,19 @@ def build_optimizer(name: str, params, cfg: Config, ddp=None):
         dampening=cfg.dampening,
         ratio_eps=cfg.eps,
         backend=cfg.backend,
-        track_groups=True,
+        # per parameter: the fractions per layer kind; one process only (the per-parameter counts are this rank's)
+        track_groups=True if ddp is not None else "per_parameter",
     )
-    # the variant's own hyperparameters only (the optimizer refuses another's)
-    kwargs.update(variant=cfg.variant, **{k: getattr(cfg, k) for k in variant_hyperparameters[cfg.variant]})
-    if name not in ("sam", "saner"):
+    if name not in TWO_PASS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
-    cls, alpha = (SANER, dict(alpha=cfg.alpha)) if name == "saner" else (SAM, {})
+    if name in PERTURBED:  # the variant's own hyperparameters only (the optimizer refuses another's)
+        kwargs.update(variant=cfg.variant, **{k: getattr(cfg, k) for k in variant_hyperparameters[cfg.variant]})
+    cls = {"sam": SAM, "saner": SANER, "samwo": SAMWO, "samonly": SAMONLY}[name]
+    extra = dict(alpha=cfg.alpha) if name == "saner" else dict(group=cfg.group) if name in ABLATIONS else {}
     if ddp is not None:
         kwargs.update(ddp=ddp, ddp_mode=cfg.ddp_mode)  # global mode: group_fractions uses its process group
     try:
-        opt = cls(params, **alpha, **kwargs)
+        opt = cls(params, **extra, **kwargs)
     except ValueError as exc:  # a combination the optimizer refuses (e.g. --ddp-mode local with --variant gsam)
         raise SystemExit(f"--optimizer {name}: {exc}") from exc
     return opt, (AlphaScheduler(opt, k=cfg.k) if name == "saner" else None)
@@ -280,7 +281,9 @@ class Run:
                 self.forward_model if self.ddp is None else torch.compile(self.model, backend=cfg.compile_backend)
             )
         self.opt, self.alpha_sched = build_optimizer(optimizer, train_model.parameters(), cfg, ddp=self.ddp)
-        self.two_pass = optimizer in ("sam", "saner")
+        self.two_pass = optimizer in TWO_PASS
+        # the layer kind of each parameter, for the per-kind group fractions (one process only: see build_optimizer)
+        self.kinds = parameter_kinds(self.model) if self.two_pass and self.ddp is None else None
         self._local = dist.active and cfg.ddp_mode == "local" and self.two_pass  # ranks with their own averages
         self.gen = torch.Generator()
         self.gen.manual_seed(cfg.seed + 1)
@@ -440,6 +443,7 @@ class Run:
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         fr_sum, fr_n = {"A": 0.0, "B": 0.0, "C": 0.0}, 0
+        by_kind: dict = {}
         nb = self.data.num_train_batches(cfg.batch_size)
         bar = Progress(nb, f"{self.name} epoch {self.epoch + 1}/{cfg.epochs}", self.progress)
         taken0 = self._steps_taken
@@ -479,6 +483,8 @@ class Run:
                         for k in fr_sum:
                             fr_sum[k] += fr[k]
                         fr_n += 1
+                    if step == nb - 1 and self.kinds is not None:  # per layer kind: the epoch's last step, as the
+                        by_kind = fractions_by_kind(self.kinds, opt.parameter_group_fractions())  # authors log it
             loss_sum += loss.detach().float() * (batch / world)  # this rank's summed cross-entropy
             bar.update()
         bar.close()
@@ -490,6 +496,7 @@ class Run:
         out = {"lr": lr, "alpha": alpha, "train_loss": float(loss_sum) / self.data.n_train}
         for k in fr_sum:
             out[f"group_{k.lower()}"] = fr_sum[k] / fr_n if fr_n else None
+        out.update(by_kind)
         if scaler is not None:  # read once per epoch (host syncs)
             out["grad_scale"] = scaler.get_scale()  # the scale after the epoch's last update
             if self.two_pass:  # SAM/SANER take every step and skip an overflowed one on the device

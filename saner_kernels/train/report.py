@@ -8,6 +8,7 @@ import os
 from typing import Optional, Sequence
 
 from .checkpoint import atomic_write_bytes
+from .layer_groups import GROUPS, LAYER_KINDS
 
 
 class JsonlLog:
@@ -108,17 +109,49 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([fmt(cells[0]), sep] + [fmt(c) for c in cells[1:]])
 
 
-def plot_curves(histories: dict[str, list[dict]], path: str, title: str = "") -> Optional[str]:
-    """Test accuracy, noisy-sample fit (memorisation), clean-train accuracy and Group B fraction per epoch.
-
-    Returns the path, or None when matplotlib is not installed (the plot is then silently skipped).
-    """
+def _pyplot():
+    """matplotlib's pyplot on the file backend, or None when matplotlib is not installed (plots are then skipped)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except Exception:
+        return None
+    return plt
+
+
+def _save(plt, fig, path: str, title: str) -> str:
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _plot_runs(ax, histories: dict[str, list[dict]], key: str, label: str) -> None:
+    """One curve per run of ``key`` over the epochs."""
+    for name, hist in histories.items():
+        pts = [(r["epoch"], r[key]) for r in hist if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), label=name)
+    ax.set_title(label, fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_curves(histories: dict[str, list[dict]], path: str, title: str = "") -> Optional[str]:
+    """Test accuracy, noisy-sample fit (memorisation), clean-train accuracy and Group B fraction per epoch.
+
+    Returns the path, or None when matplotlib is not installed (the plot is then silently skipped).
+    """
+    plt = _pyplot()
+    if plt is None:
         return None
     panels = [
         ("test_acc", "test accuracy"),
@@ -133,20 +166,28 @@ def plot_curves(histories: dict[str, list[dict]], path: str, title: str = "") ->
     else:
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (key, label) in zip(axes.flat, panels):
-        for name, hist in histories.items():
-            pts = [(r["epoch"], r[key]) for r in hist if r.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), label=name)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+        _plot_runs(ax, histories, key, label)
+    return _save(plt, fig, path, title)
+
+
+def group_fraction_panels(histories: dict[str, list[dict]]) -> list[tuple[str, str]]:
+    """(history key, title) of each panel of the per-layer-kind plot: a row per group, a column per layer kind
+    that some run recorded (``layer_groups.fractions_by_kind``)."""
+    recorded = {k for hist in histories.values() for r in hist for k, v in r.items() if v is not None}
+    kinds = [kind for kind in LAYER_KINDS if f"group_b_{kind}" in recorded]
+    return [(f"group_{g.lower()}_{kind}", f"Group {g}: {kind}") for g in GROUPS for kind in kinds]
+
+
+def plot_group_fractions(histories: dict[str, list[dict]], path: str, title: str = "") -> Optional[str]:
+    """Group A/B/C fractions per layer kind over the epochs (the epoch's last step), one curve per run.
+
+    Returns the path, or None when matplotlib is not installed or no run recorded them (SGD, torchrun)."""
+    panels = group_fraction_panels(histories)
+    plt = _pyplot() if panels else None
+    if plt is None:
+        return None
+    cols = len(panels) // len(GROUPS)
+    fig, axes = plt.subplots(len(GROUPS), cols, figsize=(4.5 * cols, 3.2 * len(GROUPS)), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, panels):
+        _plot_runs(ax, histories, key, label)
+    return _save(plt, fig, path, title)
