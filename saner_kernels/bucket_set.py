@@ -19,6 +19,7 @@ from . import ops, variants
 from .buckets import FlatBucket
 
 MOMENTUM = "momentum_buffer"  # torch.optim.SGD's state key
+FIRST_GRAD = "first_grad"  # the SANER authors' name for g_SGD in the optimizer state
 # Per-parameter state kept in the buckets' flat buffers: momentum and the variants' gradient averages.
 FLAT_STATE_KEYS = (MOMENTUM, *variants.AVERAGE_STATE_KEYS.values())
 
@@ -161,6 +162,20 @@ class BucketSet:
                         self.state[p][key] = view
                     else:
                         view.zero_()
+
+    # ------------------------------------------------------------------ g_SGD for analysis code
+    def expose_first_grads(self) -> None:
+        """``state[p]["first_grad"]``: a view of g_SGD (no copy) between the two steps, where the SANER authors'
+        statistics read it. Never in ``state_dict()`` (the optimizer leaves it out)."""
+        for bucket in self.buckets():
+            for p, view in zip(bucket.params, bucket.g_sgd_views()):
+                self.state[p][FIRST_GRAD] = view
+
+    def withdraw_first_grads(self) -> None:
+        for bucket in self.buckets():
+            for p in bucket.params:
+                if p in self.state and self.state[p].pop(FIRST_GRAD, None) is not None and not self.state[p]:
+                    del self.state[p]  # no empty entries in state_dict
 
     def average_runs(self, entry: Entry) -> list[tuple[Run, dict]]:
         """Runs of parameters with and without a gradient average yet (a parameter's first step with one is

@@ -111,6 +111,10 @@ class FlatBucket:
     def grad_views(self) -> list[Tensor]:
         return self._grad_views[self._current]
 
+    def g_sgd_views(self) -> list[Tensor]:
+        """Per-parameter views of ``flat_g_sgd``, shaped like the parameters."""
+        return self._grad_views[1 - self._current]
+
     def swap_grad_buffers(self) -> None:
         """``flat_grad`` becomes ``flat_g_sgd`` and every ``p.grad`` a view of the other buffer."""
         self._current = 1 - self._current

@@ -8,16 +8,17 @@ docs/design.md, "Semantics". Nothing in a step reads a device value on the host.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+import functools
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import required
 
 from . import base_optimizer as base_optimizer_module
-from . import ops, two_step, variants
+from . import group_rules, ops, two_step, variants
 from .amp import ScalerBridge, is_g_sgd_group, unscaling
-from .bucket_set import FLAT_STATE_KEYS, BucketSet, check_sparse, zero_unbucketed_grads
+from .bucket_set import FIRST_GRAD, FLAT_STATE_KEYS, BucketSet, check_sparse, zero_unbucketed_grads
 from .checkpoint_checks import check_loadable
 from .closures import BackwardWatch, check_convention
 from .closures import resolve as resolve_convention
@@ -49,10 +50,11 @@ class SANER(torch.optim.Optimizer):
 
     Keywords of SANER's own: ``variant`` picks the member of the SAM family that makes the perturbation
     (``sam``, ``fsam``, ``vasso``, ``gsam``; ``saner_kernels/variants.py``) with ``sigma``/``lmbda``,
-    ``theta``, ``gsam_alpha``; ``ratio_eps`` (in ``g_SAM / (g_SGD + ratio_eps)``); ``backend``;
-    ``track_groups`` (Group A/B/C statistics); ``ddp``/``ddp_mode`` (docs/design.md, "Distributed");
-    ``closure`` (``"auto"``,
-    ``"second_pass"``: davda54's, ``"both_passes"``: torch's; docs/design.md, "Closures").
+    ``theta``, ``gsam_alpha``; ``group``/``rule`` (which Group is reweighted and how: ``group_rules.py``);
+    ``ratio_eps`` (in ``g_SAM / (g_SGD + ratio_eps)``); ``backend``; ``track_groups`` (Group A/B/C
+    statistics; ``"per_parameter"`` also per parameter); ``ddp``/``ddp_mode`` (docs/design.md,
+    "Distributed"); ``closure`` (``"auto"``, ``"second_pass"``: davda54's, ``"both_passes"``: torch's;
+    docs/design.md, "Closures").
 
     Parameters are packed into flat buckets at the first step: ``p.data`` and ``p.grad`` become
     views into one buffer per (group, device, dtype). ``zero_grad()`` therefore zeroes gradients in
@@ -67,6 +69,8 @@ class SANER(torch.optim.Optimizer):
         adaptive: bool = False,
         alpha: float = 0.0,
         *,
+        group: str = "B",
+        rule: str = "saner",
         ratio_eps: float = 1e-8,
         variant: str = "sam",
         sigma: Optional[float] = None,
@@ -74,7 +78,7 @@ class SANER(torch.optim.Optimizer):
         theta: Optional[float] = None,
         gsam_alpha: Optional[float] = None,
         backend: str = "auto",
-        track_groups: bool = False,
+        track_groups: Union[bool, str] = False,
         ddp=None,
         ddp_mode: str = "global",
         closure: str = "auto",
@@ -82,6 +86,8 @@ class SANER(torch.optim.Optimizer):
     ):
         ops.check_backend_name(backend)
         check_convention(closure)
+        if track_groups not in (False, True, "per_parameter"):
+            raise ValueError(f"Invalid track_groups={track_groups!r}: False, True or 'per_parameter'")
         if ddp_mode not in DDP_MODES:
             raise ValueError(f"Invalid ddp_mode {ddp_mode!r}: expected 'global' or 'local'")
         if ddp_mode == "local" and ddp is None:
@@ -91,7 +97,8 @@ class SANER(torch.optim.Optimizer):
             )
         variant_hypers = dict(sigma=sigma, lmbda=lmbda, theta=theta, gsam_alpha=gsam_alpha)
         variants.check_arguments(variant, variant_hypers)
-        defaults = dict(rho=rho, adaptive=adaptive, alpha=alpha, ratio_eps=ratio_eps, variant=variant, **variant_hypers)
+        defaults = dict(rho=rho, adaptive=adaptive, alpha=alpha, group=group, rule=rule, ratio_eps=ratio_eps)
+        defaults.update(variant=variant, **variant_hypers)
         self.backend = backend
         self.track_groups = track_groups
         self.closure = closure
@@ -133,6 +140,7 @@ class SANER(torch.optim.Optimizer):
                 raise ValueError(f"parameter group didn't specify a value of required optimization parameter {name}")
             group.setdefault(name, default)
         check_own(group)
+        group_rules.check(group)
         if "base_optimizer" in self.__dict__:
             check_base(group, self._fused_sgd)
         check_not_sharded(group["params"])
@@ -202,6 +210,8 @@ class SANER(torch.optim.Optimizer):
             if bridge_group is not None:
                 self._scaler_bridge.group = bridge_group
                 self.param_groups.append(bridge_group)
+        own["state"] = {i: {k: v for k, v in e.items() if k != FIRST_GRAD} for i, e in own["state"].items()}
+        own["state"] = {i: e for i, e in own["state"].items() if e}
         if self._fused_sgd:
             return own
         return base_optimizer_module.merged_state_dict(own, self.base_optimizer.state_dict())
@@ -248,6 +258,7 @@ class SANER(torch.optim.Optimizer):
         carriers = [bucket.g_sgd_carrier() for bucket in self._buckets.buckets()]
         if carriers:
             self._scaler_bridge.expose(self.param_groups, carriers)
+        self._buckets.expose_first_grads()
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
@@ -275,6 +286,11 @@ class SANER(torch.optim.Optimizer):
             self._skips.expect_skips()
         if step.skip is not None:
             self._skips.add(step.skip)
+        if self.track_groups == "per_parameter":
+            for entry in step.entries:
+                entry.bucket.gather_grads()
+            factor_on = functools.partial(two_step.update_factor, step, scaling)
+            self._group_stats.record_per_parameter(step.entries, factor_on, step.skip)
         counts = two_step.second_step(
             step,
             self._buckets,
@@ -291,6 +307,7 @@ class SANER(torch.optim.Optimizer):
         if self.track_groups:
             self._group_stats.record(counts, step.skip)
         self._step_state = None
+        self._buckets.withdraw_first_grads()
         # What a torch LR scheduler checks, on this optimizer or on its base: second_step() is the step.
         self._opt_called = self.base_optimizer._opt_called = True
         self._skips.poll()
@@ -367,6 +384,7 @@ class SANER(torch.optim.Optimizer):
         self._scaler_bridge.withdraw(self.param_groups)
         two_step.undo_perturbation(self._step_state, self._buckets, self._replicas)
         self._step_state = None
+        self._buckets.withdraw_first_grads()
 
     # ------------------------------------------------------------------ diagnostics
     def group_fractions(self, all_ranks: bool = False) -> dict[str, float]:
@@ -381,6 +399,21 @@ class SANER(torch.optim.Optimizer):
         if not self.track_groups:
             raise RuntimeError("group statistics are off: construct the optimizer with track_groups=True")
         return self._group_stats.fractions(all_ranks, self._ddp.process_group if self._ddp is not None else None)
+
+    def parameter_group_fractions(self) -> list[dict[str, float]]:
+        """Per parameter (in ``param_groups`` order), the fractions of Groups A, B, C of the last step, for the
+        paper's per-layer analysis. Needs ``track_groups="per_parameter"`` (an extra pass over both gradients in
+        each step, on the device). Reads the device: call it when you log."""
+        if self.track_groups != "per_parameter":
+            raise RuntimeError("per-parameter statistics are off: construct with track_groups='per_parameter'")
+        params = [p for g in self._user_groups() for p in g["params"]]
+        return self._group_stats.parameter_fractions(params)
+
+    def set_alpha(self, alpha: float) -> None:
+        """Every param group's alpha (what the SANER authors' classes keep as ``self.alpha``); acts on the next
+        step. An LR-scheduler-like schedule: ``AlphaScheduler``."""
+        for group in self._user_groups():
+            group["alpha"] = alpha
 
     def buckets(self) -> list:
         """The flat buckets (built at the first step), for inspection and benchmarks."""

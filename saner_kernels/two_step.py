@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import gsam, variants
+from . import group_rules, gsam, variants
 from .amp import Unscaling
 from .bucket_set import MOMENTUM, BucketSet, Entry, part, runs, sum_on_first_device
 from .ops.hyper import UpdateHyper
@@ -139,7 +139,7 @@ def second_step(
         stats = None
         if count_groups:
             stats = counts.setdefault(bucket.device, torch.zeros(3, dtype=torch.int64, device=bucket.device))
-        inv_scale = _update_factor(step, scaling, bucket.device)
+        inv_scale = update_factor(step, scaling, bucket.device)
         if scaling is not None:  # after scaler.unscale_(opt) g_SGD is unscaled: recompute e = g_SGD * s
             scale = scale / scaling.applied_factor(bucket.device).to(scale.dtype)
         skip = step.skip_on(bucket.device)
@@ -173,7 +173,7 @@ def second_step(
     return list(counts.values())
 
 
-def _update_factor(step: StepState, scaling: Optional[Unscaling], device: torch.device) -> Optional[Tensor]:
+def update_factor(step: StepState, scaling: Optional[Unscaling], device: torch.device) -> Optional[Tensor]:
     """What the update multiplies both gradients by: GradScaler's ``1/scale`` and the clip coefficient. A
     factor common to g_SAM and g_SGD leaves their ratio, so the Group B mask, unchanged (docs/design.md,
     "Gradient clipping")."""
@@ -216,9 +216,7 @@ def update_bucket(
     for run in bucket_runs:
         m_started, a_started = run.flag
         first_momentum_step = has_momentum and (not m_started if momentum_split else not any(momentum_started))
-        optional = {}
-        if gsam_k is not None:
-            optional["gsam_k"] = gsam_k
+        optional = _optional_switches(group, gsam_k)
         if avg is not None:
             optional.update(avg=part(avg, run), avg_hyper=variants.average_hyper(group, a_started))
         backend.update_(
@@ -265,9 +263,7 @@ def reweight_into_grad(
     e = bucket.flat_e if group["adaptive"] else None
     bucket_runs = runs(bucket, avg_started)
     for run in bucket_runs:
-        optional = {}
-        if gsam_k is not None:
-            optional["gsam_k"] = gsam_k
+        optional = _optional_switches(group, gsam_k)
         if avg is not None:
             optional.update(avg=part(avg, run), avg_hyper=variants.average_hyper(group, run.flag))
         backend.update_(
@@ -289,6 +285,17 @@ def reweight_into_grad(
     bucket.flat_grad.copy_(torch.where(skip != 0, bucket.flat_grad, direction))
     if not all(avg_started):
         commit_first_state(buckets, bucket, skip, (avg_key,))
+
+
+def _optional_switches(group: dict, gsam_k: Optional[Tensor]) -> dict:
+    """The update's optional switches a group turns on: GSAM's coefficient, a group rule other than SANER's."""
+    optional = {}
+    if gsam_k is not None:
+        optional["gsam_k"] = gsam_k
+    rule = group_rules.rule_of(group)
+    if rule is not None:
+        optional["rule"] = rule
+    return optional
 
 
 def _direction_hyper(group: dict) -> UpdateHyper:
@@ -324,6 +331,7 @@ def _local_update(
     and nothing left to restore: scale 0), or leave the average in ``p.grad`` for another base optimizer."""
     group, bucket, backend = entry
     bucket.flat_param.copy_(bucket.weight_copy())
+    rule = group_rules.rule_of(group)
     backend.reweight_(
         bucket.flat_grad,
         bucket.flat_g_sgd,
@@ -333,12 +341,13 @@ def _local_update(
         stats=stats,
         n_valid=bucket.n_valid,
         inv_scale=inv_scale,
+        **({} if rule is None else dict(rule=rule)),
     )
     replicas.average_(bucket.flat_grad)
     if not fused_sgd:
         return
     no_restore = torch.zeros((), dtype=_compute_dtype(entry), device=bucket.device)
-    reweighted = Entry(dict(group, alpha=1.0, adaptive=False), bucket, backend)
+    reweighted = Entry(dict(group, alpha=1.0, adaptive=False, rule="saner", group="B"), bucket, backend)
     update_bucket(
         reweighted,
         buckets,

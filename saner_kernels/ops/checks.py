@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .hyper import AverageHyper
+from .hyper import AverageHyper, GroupRule
 
 
 def flat(dtypes: tuple, **tensors: Optional[Tensor]) -> Tensor:
@@ -129,3 +129,10 @@ def reweight_args(dtypes: tuple, g_sam, g_sgd, skip, stats, n_valid, inv_scale) 
         device_scalar("inv_scale", inv_scale, g_sam, typed_like_bucket=False)
     stats_counters(stats, g_sam)
     return valid_count(n_valid, g_sam.numel())
+
+
+def group_rule(rule) -> None:
+    if rule is not None and not isinstance(rule, GroupRule):
+        raise TypeError(f"saner_kernels: rule must be a GroupRule (ops/hyper.py) or None, got {type(rule).__name__}")
+    if rule is not None and not 0 < rule.regions < 32:
+        raise ValueError(f"saner_kernels: GroupRule.regions must be a non-empty set of region bits, got {rule.regions}")

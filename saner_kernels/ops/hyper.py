@@ -7,6 +7,7 @@ Every backend's ``update_`` takes one ``UpdateHyper``, and the ops of the averag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -80,3 +81,42 @@ def gsam_coefficient(dot_norm: Tensor, n1: Tensor) -> Tensor:
     n1 = n1.to(n2.dtype)
     cos = dot / (n2 * n1 + 1e-12)
     return cos * n1 / (n2 + 1e-12)
+
+
+@dataclass(frozen=True)
+class GroupRule:
+    """What the update takes in each region of the ratio ``r = g_SAM / (g_SGD + eps)`` (docs/design.md, "The
+    group rule"): the SANER authors' ablations (SAMWO, SAMONLY) are rows of it, SANER's own reweighting too.
+
+    Regions against the bound ``b``: C (``r < 0``), Z (``r == 0``), B (``0 < r < b``), E (``r == b``), A
+    (``r > b``); ``r`` is computed by the division, as the authors' classes compute it, and a NaN ratio is in
+    none. In the regions of ``regions`` the update takes ``in_sam * g_SAM + in_sgd * g_SGD``, elsewhere
+    ``out_sam * g_SAM + out_sgd * g_SGD``. The Group A/B/C counts use the same bound: A ``r >= b``, B
+    ``0 < r < b``, C ``r <= 0``.
+    """
+
+    regions: int
+    bound: float = 1.0
+    in_sam: float = 1.0
+    in_sgd: float = 0.0
+    out_sam: float = 1.0
+    out_sgd: float = 0.0
+
+    C: ClassVar[int] = 1  # region bits
+    Z: ClassVar[int] = 2
+    B: ClassVar[int] = 4
+    E: ClassVar[int] = 8
+    A: ClassVar[int] = 16
+    # The authors' group names (their ``group=`` argument) as regions: "AB" is their ``ratio > 0``.
+    NAMED: ClassVar[dict] = {"A": 16, "B": 4, "C": 1, "AB": 4 | 8 | 16}
+
+    @classmethod
+    def samwo(cls, group: str, bound: float) -> "GroupRule":
+        """SAM without Group ``group``'s g_SAM: g_SGD there (their A is ``r > alpha``, B ``0 < r < alpha``, C
+        ``r < 0``, AB ``r > 0``; ``alpha`` is B's upper bound)."""
+        return cls(regions=cls.NAMED[group], bound=float(bound), in_sam=0.0, in_sgd=1.0)
+
+    @classmethod
+    def samonly(cls, group: str) -> "GroupRule":
+        """g_SAM only in Group ``group`` (bound 1), g_SGD elsewhere."""
+        return cls(regions=cls.NAMED[group], in_sam=1.0, in_sgd=0.0, out_sam=0.0, out_sgd=1.0)

@@ -62,7 +62,7 @@ import torch
 from torch import Tensor
 
 from . import checks
-from .hyper import AverageHyper, UpdateHyper
+from .hyper import AverageHyper, GroupRule, UpdateHyper
 
 NAME = "reference"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -107,6 +107,36 @@ def group_masks(g_sam_c: Tensor, g_sgd_c: Tensor, eps: float) -> tuple[Tensor, T
     same_sign = ((g_sam_c > 0) & (den > 0)) | ((g_sam_c < 0) & (den < 0))
     smaller = g_sam_c.abs() < den.abs()
     return same_sign & ~smaller, same_sign & smaller
+
+
+def _ruled(g_sam_c: Tensor, g_sgd_c: Tensor, eps: float, rule: GroupRule) -> tuple[Tensor, Tensor, Tensor]:
+    """(d, A mask, B mask) under ``rule``: the ratio by division, its regions against the rule's bound."""
+    r = g_sam_c / (g_sgd_c + eps)
+    b = rule.bound
+    regions = {
+        GroupRule.C: r < 0,
+        GroupRule.Z: r == 0,
+        GroupRule.B: (r > 0) & (r < b),
+        GroupRule.E: r == b,
+        GroupRule.A: r > b,
+    }
+    inside = torch.zeros_like(r, dtype=torch.bool)
+    for bit, mask in regions.items():
+        if rule.regions & bit:
+            inside |= mask
+    taken_in = g_sam_c * rule.in_sam + g_sgd_c * rule.in_sgd
+    taken_out = g_sam_c * rule.out_sam + g_sgd_c * rule.out_sgd
+    return torch.where(inside, taken_in, taken_out), r >= b, regions[GroupRule.B]
+
+
+def group_counts(
+    g_sam: Tensor, g_sgd: Tensor, eps: float, rule: Optional[GroupRule] = None, inv_scale: Optional[Tensor] = None
+) -> Tensor:
+    """int64 [A, B, C] counts of one tensor's components, as the update counts them (analysis: one parameter's)."""
+    g_sam_c, g_sgd_c = _unscaled(g_sam.reshape(-1), g_sgd.reshape(-1), inv_scale)
+    mask_a, mask_b = group_masks(g_sam_c, g_sgd_c, eps) if rule is None else _ruled(g_sam_c, g_sgd_c, eps, rule)[1:]
+    n_a, n_b = mask_a.sum(), mask_b.sum()
+    return torch.stack([n_a, n_b, g_sam_c.numel() - n_a - n_b])
 
 
 def _not_skipped(skip: Tensor) -> Tensor:
@@ -167,15 +197,17 @@ def update_(
     avg: Optional[Tensor] = None,
     avg_hyper: Optional[AverageHyper] = None,
     gsam_k: Optional[Tensor] = None,
+    rule: Optional[GroupRule] = None,
 ) -> None:
     checks.update_args(DTYPES, w, g_sam, g_sgd, buf, scale, skip, e, stats, n_valid, inv_scale, avg, avg_hyper, gsam_k)
+    checks.group_rule(rule)
     stepping = _not_skipped(skip)
     w_c = _compute(w) - _perturbation(scale, g_sgd, e, avg, avg_hyper)
     g_sam_c, g_sgd_c = _unscaled(g_sam, g_sgd, inv_scale)
     if gsam_k is not None:  # GSAM: g2 - alpha * (g1 - k * g2), k = cos * n1 / (n2 + 1e-12)
         g_sam_c = g_sam_c - (g_sgd_c - gsam_k * g_sam_c) * hyper.gsam_alpha
 
-    d = _reweighted(g_sam_c, g_sgd_c, hyper.alpha, hyper.eps, stepping, stats, n_valid)
+    d = _reweighted(g_sam_c, g_sgd_c, hyper.alpha, hyper.eps, stepping, stats, n_valid, rule)
     # Weight decay, momentum and the step use torch.optim.SGD's own ops (torch.add with alpha), so
     # that alpha = 1, rho = 0 reproduces SGD bit for bit.
     if hyper.weight_decay != 0.0:
@@ -228,11 +260,13 @@ def reweight_(
     stats: Optional[Tensor] = None,
     n_valid: Optional[int] = None,
     inv_scale: Optional[Tensor] = None,
+    rule: Optional[GroupRule] = None,
 ) -> None:
     checks.reweight_args(DTYPES, g_sam, g_sgd, skip, stats, n_valid, inv_scale)
+    checks.group_rule(rule)
     stepping = _not_skipped(skip)
     g_sam_c, g_sgd_c = _unscaled(g_sam, g_sgd, inv_scale)
-    d = _reweighted(g_sam_c, g_sgd_c, alpha, eps, stepping, stats, n_valid)
+    d = _reweighted(g_sam_c, g_sgd_c, alpha, eps, stepping, stats, n_valid, rule)
     g_sam.copy_(torch.where(stepping, d, _compute(g_sam)))
 
 
@@ -252,12 +286,17 @@ def _reweighted(
     stepping: Tensor,
     stats: Optional[Tensor],
     n_valid: Optional[int],
+    rule: Optional[GroupRule] = None,
 ) -> Tensor:
-    """``g_sam`` with Group B scaled by alpha; adds the group counts to ``stats`` (unless skipped)."""
+    """``g_sam`` with Group B scaled by alpha, or as ``rule`` says; adds the group counts to ``stats`` (unless
+    skipped)."""
     d = g_sam_c
-    if alpha != 1.0 or stats is not None:
-        mask_a, mask_b = group_masks(g_sam_c, g_sgd_c, eps)
-        if alpha != 1.0:
+    if rule is not None:
+        d, mask_a, mask_b = _ruled(g_sam_c, g_sgd_c, eps, rule)
+    if rule is not None or alpha != 1.0 or stats is not None:
+        if rule is None:
+            mask_a, mask_b = group_masks(g_sam_c, g_sgd_c, eps)
+        if rule is None and alpha != 1.0:
             d = torch.where(mask_b, g_sam_c * alpha, g_sam_c)
         if stats is not None:
             valid = g_sam_c.numel() if n_valid is None else n_valid
