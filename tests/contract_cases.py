@@ -89,15 +89,17 @@ def _flat(row: dict) -> dict:
 
 
 def all_pairs(rows: Sequence[dict]) -> list[int]:
-    """Indices of a subset of ``rows`` that holds every pair of values of any two factors that ``rows`` holds.
+    """Indices of a subset of ``rows`` that holds every value of every factor, and every pair of values of any
+    two factors, that ``rows`` holds.
 
-    Greedy and deterministic: each pick is the first row (in the given order) that covers the most pairs
-    not yet covered. 7 of the 64 ``SWITCHES`` rows; 8 of the 28 ``VARIANT_SWITCHES`` rows (4 averages x 2).
+    Greedy and deterministic: each pick is the first row (in the given order) that covers the most pairs not
+    yet covered (pairs hold every value). E.g. 7 of the 128 (length, ``SWITCHES``) rows of the step tests.
     """
     flat = [_flat(row) for row in rows]
 
-    def pairs(row: dict) -> set:
-        return {((a, row[a]), (b, row[b])) for a, b in itertools.combinations(sorted(row), 2)}
+    def pairs(row: dict) -> set:  # a single factor has no pairs: its values then
+        values = [(name, row[name]) for name in sorted(row)]
+        return set(itertools.combinations(values, 2)) or {(v,) for v in values}
 
     row_pairs = [pairs(row) for row in flat]
     uncovered = set().union(*row_pairs)

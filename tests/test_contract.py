@@ -14,6 +14,8 @@ Parameters:
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from contract_cases import (
@@ -110,6 +112,21 @@ def backend(request) -> Backend:
     return Backend(*request.param)
 
 
+# --------------------------------------------------------------------------- the default subset
+def test_pairwise_default_run_holds_every_pair_of_switch_values():
+    """The step tests' default items hold every pair of (length, switch) values; the rest are exhaustive."""
+    _, params = pairwise(n=SMALL, switches=SWITCHES)
+    assert len(params) == len(SMALL) * len(SWITCHES)
+
+    def value_pairs(n, switches) -> set:
+        return set(itertools.combinations(sorted(dict(switches, n=n).items()), 2))
+
+    every = set().union(*(value_pairs(*p.values) for p in params))
+    default = [p for p in params if not p.marks]
+    assert set().union(*(value_pairs(*p.values) for p in default)) == every
+    assert len(default) <= 8 and all(mark.name == "exhaustive" for p in params if p.marks for mark in p.marks)
+
+
 # --------------------------------------------------------------------------- norm
 @pytest.mark.parametrize(*pairwise(n=LENGTHS, adaptive=(False, True), avg=(None, *sorted(AVERAGES))))
 def test_grad_sq_norm(backend, n, dtype, adaptive, avg):
@@ -148,12 +165,15 @@ def test_step_unaligned_views(backend, dtype):
         assert_same_step(got, run_step(backend.expected(dtype), t, **sw), dtype)
 
 
-def test_step_runtime_scalars(backend, dtype):
-    """Dampening, no weight decay, other lr/eps/momentum: runtime arguments, not just run_step's defaults."""
+@pytest.mark.parametrize(*pairwise(first_momentum_step=(False, True)))
+def test_step_runtime_scalars(backend, dtype, first_momentum_step):
+    """Dampening, no weight decay, other lr/eps/momentum: runtime arguments, not just run_step's defaults.
+    With dampening, the first momentum step is the one that tells ``buf = d`` (torch.optim.SGD's first step)
+    from ``(1 - dampening) * d`` (every other test has dampening 0)."""
     kw = dict(
         adaptive=False,
         nesterov=False,
-        first_momentum_step=False,
+        first_momentum_step=first_momentum_step,
         alpha=0.25,
         track_groups=True,
         lr=0.03,
