@@ -188,7 +188,7 @@ def _restore_with_average(ops, t: dict, avg: str) -> torch.Tensor:
 @pytest.mark.parametrize("isa", ["avx2"], indirect=True)
 @pytest.mark.parametrize("switches", VARIANT_SWITCHES, ids=variant_switch_id)
 def test_avx2_fp32_sam_family_bit_identical_to_reference(cpp, isa, switches):
-    """Contract v3 (averages, GSAM, reweight_): every fp32 result exact on AVX2, as the v2 switches'."""
+    """The SAM family (averages, GSAM, reweight_): every fp32 result exact on AVX2, like the other switches'."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip(f"torch runs its {torch.backends.cpu.get_cpu_capability()} kernels here")
     for variant in STEP_VARIANTS:
@@ -484,7 +484,7 @@ def _opcheck_all(device: str, adaptive: bool) -> None:
             ),
         )
     opcheck(ops.restore_.default, (t["w"].clone(), s, skip), dict(g_sgd=t["g"], e=e))
-    # contract v3: the average's and GSAM's arguments, gsam_dot_norm, reweight_
+    # the SAM family: the average's and GSAM's arguments, gsam_dot_norm, reweight_
     fsam = AverageHyper.fsam(sigma=1.0, lmbda=0.9)
     direction = dict(avg=t["avg"], dir_g=fsam.dir_g, dir_avg=fsam.dir_avg)
     opcheck(ops.grad_sq_norm.default, (t["g"], t["w"] if adaptive else None), direction)

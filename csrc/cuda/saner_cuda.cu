@@ -45,6 +45,15 @@ int reduction_blocks(int64_t n_items) {
   return static_cast<int>(std::min<int64_t>(grid_for(n_items), kNormMaxBlocks));
 }
 
+// Launches an elementwise kernel (for_each_item) over the n elements in items of Access<T, kVec>, on `blocks`
+// blocks (grid_for when 0); the kernel's last two parameters are n_items and n.
+template <typename T, bool kVec, typename... Params, typename... Args>
+void launch_items(void (*kernel)(Params...), int64_t n, int blocks, cudaStream_t stream, Args... args) {
+  const int64_t n_items = n / Access<T, kVec>::N;
+  kernel<<<blocks > 0 ? blocks : grid_for(n_items), kThreads, 0, stream>>>(args..., n_items, n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // The second stage of a reduction with kSums rows of partials: fp32 results (fp64 for fp64 storage).
 template <int kSums>
 void launch_sums_final(const at::Tensor& partial, int blocks, at::Tensor& out, cudaStream_t stream) {
@@ -66,30 +75,29 @@ const T* opt_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<T>() : nullptr;
 }
 
-at::Tensor grad_sq_norm_cuda(const at::Tensor& g, const std::optional<at::Tensor>& w,
+at::Tensor grad_sq_norm_cuda(const at::Tensor& grad, const std::optional<at::Tensor>& w,
                              const std::optional<at::Tensor>& avg, double dir_g, double dir_avg) {
-  check_norm_args(g, w, avg);
-  const bool is_double = g.scalar_type() == at::kDouble;
-  const int64_t n = g.numel();
-  if (n == 0) return at::zeros({}, g.options().dtype(is_double ? at::kDouble : at::kFloat));
-  c10::cuda::CUDAGuard guard(g.device());
+  check_norm_args(grad, w, avg);
+  const bool is_double = grad.scalar_type() == at::kDouble;
+  const int64_t n = grad.numel();
+  if (n == 0) return at::zeros({}, grad.options().dtype(is_double ? at::kDouble : at::kFloat));
+  c10::cuda::CUDAGuard guard(grad.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor out = at::empty({}, g.options().dtype(is_double ? at::kDouble : at::kFloat));
-  dispatch_dtype(g.scalar_type(), [&](auto tag) {
+  at::Tensor out = at::empty({}, grad.options().dtype(is_double ? at::kDouble : at::kFloat));
+  dispatch_dtype(grad.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* gp = g.const_data_ptr<T>();
+    const T* gp = grad.const_data_ptr<T>();
     const T* wp = opt_ptr<T>(w);
     const T* ap = opt_ptr<T>(avg);
     dispatch_bool(aligned16(gp) && aligned16(wp) && aligned16(ap), [&](auto kv) {
       dispatch_bool(w.has_value(), [&](auto ka) {
         dispatch_bool(avg.has_value(), [&](auto kg) {
           constexpr bool kVec = decltype(kv)::value;
-          const int64_t n_items = n / Access<T, kVec>::N;
-          const int blocks = reduction_blocks(n_items);
-          at::Tensor partial = at::empty({blocks}, g.options().dtype(at::kDouble));
-          sq_norm_partial_kernel<T, kVec, decltype(ka)::value, decltype(kg)::value><<<blocks, kThreads, 0, stream>>>(
-              gp, wp, ap, dir_arg<acc_t<T>>(dir_g, dir_avg), n_items, n, partial.data_ptr<double>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          const int blocks = reduction_blocks(n / Access<T, kVec>::N);
+          at::Tensor partial = at::empty({blocks}, grad.options().dtype(at::kDouble));
+          launch_items<T, kVec>(&sq_norm_partial_kernel<T, kVec, decltype(ka)::value, decltype(kg)::value>, n,
+                                blocks, stream, gp, wp, ap, dir_arg<acc_t<T>>(dir_g, dir_avg),
+                                partial.data_ptr<double>());
           launch_sums_final<1>(partial, blocks, out, stream);
         });
       });
@@ -98,28 +106,27 @@ at::Tensor grad_sq_norm_cuda(const at::Tensor& g, const std::optional<at::Tensor
   return out;
 }
 
-at::Tensor gsam_dot_norm_cuda(const at::Tensor& g_sgd, const at::Tensor& g, const std::optional<at::Tensor>& w) {
-  check_dot_norm_args(g_sgd, g, w);
-  const bool is_double = g.scalar_type() == at::kDouble;
-  const int64_t n = g.numel();
-  if (n == 0) return at::zeros({2}, g.options().dtype(is_double ? at::kDouble : at::kFloat));
-  c10::cuda::CUDAGuard guard(g.device());
+at::Tensor gsam_dot_norm_cuda(const at::Tensor& g_sgd, const at::Tensor& g_sam,
+                              const std::optional<at::Tensor>& w) {
+  check_dot_norm_args(g_sgd, g_sam, w);
+  const bool is_double = g_sam.scalar_type() == at::kDouble;
+  const int64_t n = g_sam.numel();
+  if (n == 0) return at::zeros({2}, g_sam.options().dtype(is_double ? at::kDouble : at::kFloat));
+  c10::cuda::CUDAGuard guard(g_sam.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor out = at::empty({2}, g.options().dtype(is_double ? at::kDouble : at::kFloat));
-  dispatch_dtype(g.scalar_type(), [&](auto tag) {
+  at::Tensor out = at::empty({2}, g_sam.options().dtype(is_double ? at::kDouble : at::kFloat));
+  dispatch_dtype(g_sam.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* gsp = g_sgd.const_data_ptr<T>();
-    const T* gp = g.const_data_ptr<T>();
+    const T* gp = g_sam.const_data_ptr<T>();
     const T* wp = opt_ptr<T>(w);
     dispatch_bool(aligned16(gsp) && aligned16(gp) && aligned16(wp), [&](auto kv) {
       dispatch_bool(w.has_value(), [&](auto ka) {
         constexpr bool kVec = decltype(kv)::value;
-        const int64_t n_items = n / Access<T, kVec>::N;
-        const int blocks = reduction_blocks(n_items);
-        at::Tensor partial = at::empty({2 * blocks}, g.options().dtype(at::kDouble));  // dot row, squares row
-        dot_norm_partial_kernel<T, kVec, decltype(ka)::value>
-            <<<blocks, kThreads, 0, stream>>>(gsp, gp, wp, n_items, n, partial.data_ptr<double>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const int blocks = reduction_blocks(n / Access<T, kVec>::N);
+        at::Tensor partial = at::empty({2 * blocks}, g_sam.options().dtype(at::kDouble));  // dot row, squares row
+        launch_items<T, kVec>(&dot_norm_partial_kernel<T, kVec, decltype(ka)::value>, n, blocks, stream, gsp, gp, wp,
+                              partial.data_ptr<double>());
         launch_sums_final<2>(partial, blocks, out, stream);
       });
     });
@@ -127,10 +134,10 @@ at::Tensor gsam_dot_norm_cuda(const at::Tensor& g_sgd, const at::Tensor& g, cons
   return out;
 }
 
-void perturb_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& scale, const at::Tensor& skip,
+void perturb_cuda(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& scale, const at::Tensor& skip,
                   const std::optional<at::Tensor>& e, const std::optional<at::Tensor>& g_sgd,
                   const std::optional<at::Tensor>& avg, double dir_g, double dir_avg) {
-  check_perturb_args(w, g, scale, skip, e, g_sgd, avg);
+  check_perturb_args(w, grad, scale, skip, e, g_sgd, avg);
   const int64_t n = w.numel();
   if (n == 0) return;
   c10::cuda::CUDAGuard guard(w.device());
@@ -138,7 +145,7 @@ void perturb_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& sc
   dispatch_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     T* wp = w.data_ptr<T>();
-    const T* gp = g.const_data_ptr<T>();
+    const T* gp = grad.const_data_ptr<T>();
     T* ep = e.has_value() ? e->data_ptr<T>() : nullptr;
     T* gsp = g_sgd.has_value() ? g_sgd->data_ptr<T>() : nullptr;
     const T* ap = opt_ptr<T>(avg);
@@ -148,12 +155,10 @@ void perturb_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& sc
         dispatch_bool(g_sgd.has_value(), [&](auto kc) {
           dispatch_bool(avg.has_value(), [&](auto kg) {
             constexpr bool kVec = decltype(kv)::value;
-            const int64_t n_items = n / Access<T, kVec>::N;
-            perturb_kernel<T, kVec, decltype(ka)::value, decltype(kc)::value, decltype(kg)::value>
-                <<<grid_for(n_items), kThreads, 0, stream>>>(wp, gp, gsp, ep, ap, dir_arg<acc_t<T>>(dir_g, dir_avg),
-                                                             scale_arg(scale), skip.const_data_ptr<float>(), n_items,
-                                                             n);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            launch_items<T, kVec>(
+                &perturb_kernel<T, kVec, decltype(ka)::value, decltype(kc)::value, decltype(kg)::value>, n, 0,
+                stream, wp, gp, gsp, ep, ap, dir_arg<acc_t<T>>(dir_g, dir_avg), scale_arg(scale),
+                skip.const_data_ptr<float>());
           });
         });
       });
@@ -173,7 +178,7 @@ void dispatch_momentum(bool has_buf, bool first, F&& f) {
   }
 }
 
-void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_sgd,
+void update_cuda(const at::Tensor& w, const at::Tensor& g_sam, const at::Tensor& g_sgd,
                  const std::optional<at::Tensor>& buf, const at::Tensor& scale, const at::Tensor& skip, double lr,
                  double momentum, double dampening, double weight_decay, double alpha, double eps, bool nesterov,
                  const std::optional<at::Tensor>& e, bool first_momentum_step, bool zero_grads,
@@ -181,7 +186,7 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
                  const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& avg, double dir_g,
                  double dir_avg, double avg_keep, double avg_take, const std::optional<at::Tensor>& gsam_k,
                  double gsam_alpha) {
-  check_update_args(w, g, g_sgd, buf, scale, skip, e, stats, inv_scale, avg, gsam_k);
+  check_update_args(w, g_sam, g_sgd, buf, scale, skip, e, stats, inv_scale, avg, gsam_k);
   const int64_t n = w.numel();
   const int64_t valid = valid_count(n_valid, n);
   if (n == 0) return;
@@ -194,20 +199,19 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
     UpdateScalars<C> p;
     p.neg_lr = static_cast<C>(-lr);
     p.mu = static_cast<C>(momentum);
-    p.damp = static_cast<C>(1.0 - dampening);  // (1 - tau) rounded once, as in Python
+    p.one_minus_damp = static_cast<C>(1.0 - dampening);  // (1 - tau) rounded once, as in Python
     p.wd = static_cast<C>(weight_decay);
     p.alpha = static_cast<C>(alpha);
     p.eps = static_cast<C>(eps);
-    p.dg = static_cast<C>(dir_g);
-    p.da = static_cast<C>(dir_avg);
-    p.keep = static_cast<C>(avg_keep);
-    p.take = static_cast<C>(avg_take);
+    p.dir = dir_arg<C>(dir_g, dir_avg);
+    p.avg_keep = static_cast<C>(avg_keep);
+    p.avg_take = static_cast<C>(avg_take);
     p.gsam_alpha = static_cast<C>(gsam_alpha);
     p.use_alpha = alpha != 1.0;
     p.use_wd = weight_decay != 0.0;
     p.nesterov = nesterov;
     T* wp = w.data_ptr<T>();
-    T* gp = g.data_ptr<T>();
+    T* gp = g_sam.data_ptr<T>();
     T* gsp = g_sgd.data_ptr<T>();
     T* bp = buf.has_value() ? buf->data_ptr<T>() : nullptr;
     const T* ep = opt_ptr<T>(e);
@@ -225,13 +229,11 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g, const at::Tensor& g_s
             dispatch_bool(avg.has_value(), [&](auto kg) {
               dispatch_bool(gsam_k.has_value(), [&](auto kk) {
                 constexpr bool kVec = decltype(kv)::value;
-                const int64_t n_items = n / Access<T, kVec>::N;
-                update_kernel<T, kVec, decltype(ka)::value, decltype(kb)::value, decltype(kf)::value,
-                              decltype(km)::value, decltype(kg)::value, decltype(kk)::value>
-                    <<<grid_for(n_items), kThreads, 0, stream>>>(wp, gp, gsp, bp, ep, ap, scale_arg(scale),
-                                                                 skip.const_data_ptr<float>(), ip, kp, p, sp, valid,
-                                                                 zero_grads, n_items, n);
-                C10_CUDA_KERNEL_LAUNCH_CHECK();
+                launch_items<T, kVec>(&update_kernel<T, kVec, decltype(ka)::value, decltype(kb)::value,
+                                                     decltype(kf)::value, decltype(km)::value, decltype(kg)::value,
+                                                     decltype(kk)::value>,
+                                      n, 0, stream, wp, gp, gsp, bp, ep, ap, scale_arg(scale),
+                                      skip.const_data_ptr<float>(), ip, kp, p, sp, valid, zero_grads);
               });
             });
           });
@@ -258,11 +260,8 @@ void restore_cuda(const at::Tensor& w, const at::Tensor& scale, const at::Tensor
     const int source = e.has_value() ? kFromE : ap != nullptr ? kFromDirection : kFromGsgd;
     auto launch = [&](auto kv, auto src_tag) {
       constexpr bool kVec = decltype(kv)::value;
-      const int64_t n_items = n / Access<T, kVec>::N;
-      restore_kernel<T, kVec, decltype(src_tag)::value><<<grid_for(n_items), kThreads, 0, stream>>>(
-          wp, src, ap, dir_arg<acc_t<T>>(dir_g, dir_avg), scale_arg(scale), skip.const_data_ptr<float>(), n_items,
-          n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_items<T, kVec>(&restore_kernel<T, kVec, decltype(src_tag)::value>, n, 0, stream, wp, src, ap,
+                            dir_arg<acc_t<T>>(dir_g, dir_avg), scale_arg(scale), skip.const_data_ptr<float>());
     };
     dispatch_bool(aligned16(wp) && aligned16(src) && aligned16(ap), [&](auto kv) {
       if (source == kFromE) {
@@ -276,21 +275,21 @@ void restore_cuda(const at::Tensor& w, const at::Tensor& scale, const at::Tensor
   });
 }
 
-void reweight_cuda(const at::Tensor& g, const at::Tensor& g_sgd, const at::Tensor& skip, double alpha, double eps,
-                   const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
+void reweight_cuda(const at::Tensor& g_sam, const at::Tensor& g_sgd, const at::Tensor& skip, double alpha,
+                   double eps, const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
                    const std::optional<at::Tensor>& inv_scale) {
-  check_reweight_args(g, g_sgd, skip, stats, inv_scale);
-  const int64_t n = g.numel();
+  check_reweight_args(g_sam, g_sgd, skip, stats, inv_scale);
+  const int64_t n = g_sam.numel();
   const int64_t valid = valid_count(n_valid, n);
   const bool mask = alpha != 1.0 || stats.has_value();
-  const bool write = alpha != 1.0 || inv_scale.has_value();  // else g would be written back as it is
+  const bool write = alpha != 1.0 || inv_scale.has_value();  // else g_sam would be written back as it is
   if (n == 0 || !(mask || write)) return;
-  c10::cuda::CUDAGuard guard(g.device());
+  c10::cuda::CUDAGuard guard(g_sam.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_dtype(g.scalar_type(), [&](auto tag) {
+  dispatch_dtype(g_sam.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using C = acc_t<T>;
-    T* gp = g.data_ptr<T>();
+    T* gp = g_sam.data_ptr<T>();
     const T* gsp = g_sgd.const_data_ptr<T>();
     auto* sp = stats.has_value() ? reinterpret_cast<unsigned long long*>(stats->data_ptr<int64_t>()) : nullptr;
     const float* ip = inv_scale.has_value() ? inv_scale->const_data_ptr<float>() : nullptr;
@@ -301,12 +300,9 @@ void reweight_cuda(const at::Tensor& g, const at::Tensor& g_sgd, const at::Tenso
           constexpr bool kMask = std::decay_t<decltype(km)>::value, kWrite = std::decay_t<decltype(kw)>::value;
           if constexpr (kMask || kWrite) {  // (false, false) returned above
             constexpr bool kVec = std::decay_t<decltype(kv)>::value;
-            const int64_t n_items = n / Access<T, kVec>::N;
-            reweight_kernel<T, kVec, kMask, kWrite>
-                <<<grid_for(n_items), kThreads, 0, stream>>>(gp, gsp, skip.const_data_ptr<float>(), ip,
-                                                             static_cast<C>(alpha), static_cast<C>(eps),
-                                                             alpha != 1.0, sp, valid, n_items, n);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            launch_items<T, kVec>(&reweight_kernel<T, kVec, kMask, kWrite>, n, 0, stream, gp, gsp,
+                                  skip.const_data_ptr<float>(), ip, static_cast<C>(alpha), static_cast<C>(eps),
+                                  alpha != 1.0, sp, valid);
           }
         });
       });
