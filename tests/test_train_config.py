@@ -28,8 +28,9 @@ def test_defaults_are_the_papers_then_the_optimizers_and_the_variants_table():
     cfg, signature = Config(), inspect.signature(SANER.__init__).parameters
     paper = dict(momentum=0.9, weight_decay=5e-4, nesterov=False, dampening=0.0, rho=0.1, alpha=0.5)  # design.md
     assert {name: getattr(cfg, name) for name in paper} == paper
-    for name in ("adaptive", "eps", "variant", "backend", "ddp_mode"):
+    for name in ("adaptive", "variant", "backend", "ddp_mode"):
         assert getattr(cfg, name) == signature[name].default, name
+    assert cfg.eps == signature["ratio_eps"].default  # the tool's --eps is SANER's ratio epsilon
     for table in HYPERPARAMETERS.values():
         for name, value in table.items():
             assert getattr(cfg, name) == value, name

@@ -89,8 +89,9 @@ def build_optimizer(name: str, params, cfg: Config, ddp=None):
         dampening=cfg.dampening,
         ratio_eps=cfg.eps,
         backend=cfg.backend,
-        # per parameter: the fractions per layer kind; one process only (the per-parameter counts are this rank's)
-        track_groups=True if ddp is not None else "per_parameter",
+        # per parameter (an extra pass over the gradients each step): the fractions per layer kind, when the groups
+        # are read at all, in one process only (the per-parameter counts would be this rank's)
+        track_groups="per_parameter" if ddp is None and cfg.groups_every > 0 else True,
     )
     if name not in TWO_PASS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
@@ -283,7 +284,8 @@ class Run:
         self.opt, self.alpha_sched = build_optimizer(optimizer, train_model.parameters(), cfg, ddp=self.ddp)
         self.two_pass = optimizer in TWO_PASS
         # the layer kind of each parameter, for the per-kind group fractions (one process only: see build_optimizer)
-        self.kinds = parameter_kinds(self.model) if self.two_pass and self.ddp is None else None
+        per_parameter = self.two_pass and self.opt.track_groups == "per_parameter"
+        self.kinds = parameter_kinds(self.model) if per_parameter else None
         self._local = dist.active and cfg.ddp_mode == "local" and self.two_pass  # ranks with their own averages
         self.gen = torch.Generator()
         self.gen.manual_seed(cfg.seed + 1)
