@@ -147,3 +147,23 @@ def test_bf16_mixed_precision_equals_the_loop_under_the_same_autocast(train):
     expected = plain_run(start, data, loss=accelerate_like_loss, **SETTINGS)
     assert max_weight_difference(model, expected) < 1e-5
     assert max_weight_difference(model, plain_run(start, data, loss=loss_of, **SETTINGS)) > 1e-5  # autocast was on
+
+
+@pytest.mark.parametrize("train", [train_closure_form, train_two_step_form], ids=["closure", "two_steps"])
+def test_the_grad_scaler_path_accelerate_takes_for_fp16(train):
+    """For fp16 on CUDA accelerate scales the losses in ``accelerator.backward`` and steps through
+    ``scaler.step(optimizer)``. On CPU it makes no scaler, so one is put where accelerate keeps it: the scaled
+    gradients are unscaled inside the second step (a power-of-two scale: equal to the fp32 loop to rounding)."""
+    dataset = tiny_data(dtype=torch.float32)
+    net = tiny_net(dtype=torch.float32)
+    start = copy.deepcopy(net)
+    accelerator = accelerate.Accelerator(cpu=True)
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    optimizer = SANER(net.parameters(), **SETTINGS)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=False)
+    model, optimizer, loader = accelerator.prepare(net, optimizer, loader)
+    assert optimizer.scaler is accelerator.scaler
+    train(accelerator, model, optimizer, loader)
+    assert max_weight_difference(model, plain_run(start, batches(dataset), **SETTINGS)) < 1e-6
+    assert max_weight_difference(model, start) > 1e-3
+    assert accelerator.scaler.get_scale() == 2.0**10  # no overflow, no step skipped
