@@ -485,8 +485,8 @@ class Run:
                         for k in fr_sum:
                             fr_sum[k] += fr[k]
                         fr_n += 1
-                    if step == nb - 1 and self.kinds is not None:  # per layer kind: the epoch's last step, as the
-                        by_kind = fractions_by_kind(self.kinds, opt.parameter_group_fractions())  # authors log it
+                        if step == nb - 1 and self.kinds is not None:  # per layer kind: the epoch's last step (as
+                            by_kind = fractions_by_kind(self.kinds, opt.parameter_group_fractions())  # the authors)
             loss_sum += loss.detach().float() * (batch / world)  # this rank's summed cross-entropy
             bar.update()
         bar.close()
