@@ -5,10 +5,11 @@ them), ``data`` (digits / CIFAR pickles held on the device), ``plain_pickle`` (t
 running code), ``cifar_n`` (CIFAR-N human labels), ``folders`` (image-folder layouts: imagefolder, Animal-10N,
 Mini-WebVision, Tiny-ImageNet), ``image_check`` (every image decoded once before training), ``streaming`` (image
 folders decoded in DataLoader workers), ``device_transforms`` (augmentation on the device), ``noise`` (synthetic
-label noise), ``models``, ``engine`` (one run: epochs, metrics, checkpoint/resume), ``resume`` (what --resume
-finds in the output folder), ``report`` (JSONL, table, plot), ``checkpoint`` (atomic, weights-only files, damage
-reported), ``replica_state`` (each rank's own optimizer state in local mode), ``distributed`` (torchrun: process
-group, data shards, BatchNorm over the global batch), ``__main__`` (command line, compare mode).
+label noise), ``models``, ``engine`` (one run: epochs, metrics, checkpoint/resume), ``resume`` (what --resume finds
+in the output folder), ``plan`` (the runs of an invocation: --compare, --sweep, their names), ``layer_groups``
+(Group A/B/C fractions per layer kind), ``report`` (JSONL, table, plots), ``checkpoint`` (atomic, weights-only
+files, damage reported), ``replica_state`` (each rank's own optimizer state in local mode), ``distributed``
+(torchrun: process group, data shards, BatchNorm over the global batch), ``__main__`` (command line, compare mode).
 """
 
 from .engine import Config, Run, lr_at
