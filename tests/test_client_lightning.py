@@ -262,12 +262,27 @@ def test_manual_optimization_with_fp16_and_a_grad_scaler():
     assert fit.global_step == len(data)
 
 
-@pytest.mark.xfail(
+STEP_AFTER_FIRST_STEP = pytest.mark.xfail(
     strict=True,
-    reason="lead: step(closure) after first_step() is refused as 'accumulate_grad_batches > 1' (a Lightning closure "
-    "with a backward seen); and first_step() on the LightningOptimizer sets its own copy of _step_state",
+    raises=RuntimeError,
+    reason="lead: optimizer.step() after first_step() hands SANER a Lightning closure with a backward seen, refused as "
+    "'accumulate_grad_batches > 1'; fix: step(closure) with a step pending runs the closure, then second_step",
 )
-@pytest.mark.parametrize("spelling", ["raw_first_step_then_step", "first_step_then_step"])
+SHARED_PENDING_STEP = pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason="lead: first_step() on the LightningOptimizer stores _step_state in the wrapper's own __dict__ (a copy of "
+    "the SANER's), so the SANER that Lightning steps has none; fix: keep the pending step in a shared holder object",
+)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param("raw_first_step_then_step", marks=STEP_AFTER_FIRST_STEP),
+        pytest.param("first_step_then_step", marks=[STEP_AFTER_FIRST_STEP, SHARED_PENDING_STEP]),
+    ],
+)
 def test_manual_first_step_then_lightning_step_without_a_scaler(spelling):
     module, start, fit, data = fit_manual(spelling)
     assert max_weight_difference(module.net, plain_run(start, data, **SANER_SETTINGS)) < TIGHT
@@ -276,8 +291,10 @@ def test_manual_first_step_then_lightning_step_without_a_scaler(spelling):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="lead: in manual optimization a Lightning-wrapped closure is treated as automatic optimization's "
-    "(refused as accumulate_grad_batches > 1) instead of following the closure= convention (davda54's here)",
+    raises=RuntimeError,
+    reason="lead: in manual optimization a Lightning-wrapped closure is treated as automatic optimization's (refused "
+    "as accumulate_grad_batches > 1); fix: closures.from_lightning only when the partial's model (args[0]) has "
+    "automatic_optimization, else the closure= convention (davda54's here)",
 )
 def test_manual_optimization_with_davda54s_closure():
     module, start, fit, data = fit_manual("davda54_closure")
