@@ -45,6 +45,8 @@ class PlainTwoPassSAM:
     ``clip_norm``: each gradient named in ``clip_passes`` ("first": g_SGD, "second": g_SAM) clipped by its own
     norm right after its backward (Lightning's ``gradient_clip_val`` clips both; a clip written between the
     second backward and the second step, as ``accelerator.clip_grad_norm_``, only the second).
+    ``clip_update_norm``: the update clipped by g_SAM's norm, the mask from the unclipped gradients (SANER's own
+    ``clip_grad_norm_``, docs/design.md "Gradient clipping").
     """
 
     def __init__(
@@ -58,12 +60,14 @@ class PlainTwoPassSAM:
         eps: float = 1e-8,
         clip_norm: Optional[float] = None,
         clip_passes: tuple = ("first", "second"),
+        clip_update_norm: Optional[float] = None,
         **base_kwargs,
     ):
         self.params = list(params)
         self.base = base_optimizer(self.params, **base_kwargs)
         self.rho, self.alpha, self.adaptive, self.eps = rho, alpha, adaptive, eps
         self.clip_norm, self.clip_passes = clip_norm, clip_passes
+        self.clip_update_norm = clip_update_norm
 
     def _gradients(self, forward_backward: Callable[[], torch.Tensor], which: str) -> tuple[torch.Tensor, list]:
         for p in self.params:
@@ -93,11 +97,15 @@ class PlainTwoPassSAM:
 
     @torch.no_grad()
     def descend(self, g_sgd: list, g_sam: list) -> None:
+        factor = 1.0
+        if self.clip_update_norm is not None:  # the mask from the unclipped gradients; the step clipped
+            norm = torch.stack([g.double().pow(2).sum() for g in g_sam]).sum().sqrt()
+            factor = torch.clamp(self.clip_update_norm / (norm + 1e-6), max=1.0)
         for p, saved, g1, g2 in zip(self.params, self._saved, g_sgd, g_sam):
             p.copy_(saved)
             ratio = g2 / (g1 + self.eps)
             group_b = (ratio > 0) & (ratio < 1)
-            p.grad = torch.where(group_b, self.alpha * g2, g2)
+            p.grad = torch.where(group_b, self.alpha * g2, g2) * factor
         self.base.step()
 
 
