@@ -25,6 +25,10 @@ def sgd_fused(params, lr=0.1, momentum=0.9, weight_decay=5e-4):
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
 
 
+def adamw_fused(params, lr=1e-3, weight_decay=0.05):
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def sgd_foreach(params, lr=0.1, momentum=0.9, weight_decay=5e-4):
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
 

@@ -25,7 +25,16 @@ best backend only):
 - Friendly-SAM and VaSSO, 64: the norm also reads the average (8), the perturbation reads it (16), the
   update reads and writes it (40).
 - GSAM, 56: one more reduction pass reading g_sgd and g (8).
- The published loops are given
+
+Over another base optimizer (docs/design.md, "Base optimizers"), against that base alone:
+
+- fused AdamW, 32: its step reads w, g, exp_avg, exp_avg_sq and writes w, exp_avg, exp_avg_sq (28);
+  ``zero_grad`` writes g (4).
+- SANER over fused AdamW, 80: norm (4), perturb (12), the update in its direction setting reads w, g, g_sgd
+  and writes w and the direction (20), the direction copied into the gradient buffer (8), AdamW's step (28),
+  zeroing both gradient buffers (8). Its floor ratio to fused AdamW: 80 / 32 = 2.5.
+
+The published loops are given
 SANER's floor: their GB/s column is the rate at which they do SANER's necessary work.
 """
 
@@ -44,6 +53,8 @@ from . import peers
 HP = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)  # the paper's CIFAR settings
 RHO, ALPHA = 0.1, 0.5
 SANER_BYTES, SGD_BYTES = 48, 24
+ADAMW_HP = dict(lr=1e-3, weight_decay=0.05)
+ADAMW_BYTES, SANER_ADAMW_BYTES = 32, 80
 VARIANT_BYTES = {"fsam": 64, "vasso": 64, "gsam": 56}
 
 Phase = Callable[[], None]
@@ -136,6 +147,14 @@ def saner_factory(backend: str, alpha: float, variant: str = "sam") -> Callable[
     return build
 
 
+def saner_over_adamw(backend: str) -> Callable[[list], object]:
+    def build(params):
+        adamw = dict(fused=True, **ADAMW_HP)
+        return saner_kernels.SANER(params, torch.optim.AdamW, rho=RHO, alpha=ALPHA, backend=backend, **adamw)
+
+    return build
+
+
 def sam_loop(params):
     return peers.SAMLoop(params, rho=RHO, **HP)
 
@@ -160,6 +179,10 @@ def row_specs(device: torch.device) -> list[Spec]:
         for variant, floor in VARIANT_BYTES.items():
             build = saner_factory(best, ALPHA, variant)
             specs.append(Spec(f"SANER a={ALPHA} {variant}", best, floor, SANER_TIMED, build, saner_phases))
+    specs.append(Spec("AdamW fused", "torch", ADAMW_BYTES, SGD_TIMED, peers.adamw_fused, sgd_phases))
+    if best is not None:
+        label = f"SANER a={ALPHA} over AdamW fused"
+        specs.append(Spec(label, best, SANER_ADAMW_BYTES, SANER_TIMED, saner_over_adamw(best), saner_phases))
     if device.type == "cuda" and best is not None:
         for label, alpha in kinds:
             build = saner_factory(best, alpha)
