@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from saner_kernels.ops import reference
-from saner_kernels.ops.hyper import AverageHyper, UpdateHyper, gsam_coefficient
+from saner_kernels.ops.hyper import AverageHyper, GroupRule, UpdateHyper, gsam_coefficient
 
 # Multiples of 128 (flat buckets) and odd lengths that exercise every vector tail.
 LENGTHS = (128, 1003, 65573, 300032)
@@ -57,6 +57,68 @@ VARIANT_SWITCHES = [
 ]
 
 
+# Group rules (ops.GroupRule, docs/design.md "Kernel contract"): the authors' classes' rules (FriendlySANER and
+# VASSOSANER on Group A or C scale it by alpha; SAMWO; SAMONLY) and one with every coefficient in play, over bounds
+# 1, 0.5 and 2 (powers of two: ``rule_edges`` makes r == bound exactly) and 0.3 (a bound fp32 does not hold).
+RULES = {
+    "saner_A": GroupRule(regions=GroupRule.A, in_sam=0.5),
+    "saner_C": GroupRule(regions=GroupRule.C, in_sam=0.5),
+    "samwo_AB": GroupRule.samwo("AB", bound=0.5),
+    "samwo_B": GroupRule.samwo("B", bound=0.3),
+    "samonly_B": GroupRule.samonly("B"),
+    "mixed": GroupRule(
+        regions=GroupRule.C | GroupRule.Z | GroupRule.E, bound=2.0, in_sam=0.5, in_sgd=0.25, out_sam=1.0, out_sgd=-0.5
+    ),
+}
+# The rule on top of the switches it meets in the update (which gradients are loaded, unscaled, decomposed,
+# counted; alpha, which the rule replaces); nesterov and the first momentum step act after it. ``inv_scale``:
+# GradScaler's unscaling of both gradients before the ratio.
+RULE_SWITCHES = [
+    dict(
+        adaptive=a,
+        nesterov=False,
+        first_momentum_step=False,
+        alpha=al,
+        track_groups=t,
+        swap=sw,
+        gsam_alpha=ga,
+        rule=rule,
+        inv_scale=inv,
+    )
+    for rule in RULES
+    for a, al, t, sw, ga, inv in itertools.product(
+        (False, True), (0.5, 1.0), (False, True), (False, True), (None, 0.4), (False, True)
+    )
+]
+
+
+def rule_edges(tensors: dict[str, Tensor], rule: str, seed: int = 0) -> dict[str, Tensor]:
+    """``tensors`` (``make_bucket_tensors``) with the ratio's edge cases for ``RULES[rule]`` mixed in at random
+    places (none in the padding): r == bound exactly (|g_sgd| in [1, 2), where ``+ eps`` rounds away in fp32 and
+    below, and g_sam = bound * g_sgd: exact for a power-of-two bound, within an ulp of 0.3), r == 0 from -0.0,
+    the NaN ratio 0 / 0 (g_sgd = -eps, g_sam = 0: in fp32 and fp64, where -eps + eps is 0) and the infinite ratios
+    x / 0 (g_sgd = -eps, g_sam != 0)."""
+    t = clone_all(tensors)
+    n = t["g"].numel()
+    pad = int((t["g"] == 0).flip(0).long().cumprod(0).sum())  # trailing zeros: the padding, left alone
+    gen = torch.Generator().manual_seed(seed)
+    k = max((n - pad) // 32, 1)
+    idx = torch.randperm(n - pad, generator=gen)
+    edge, neg_zero, nan, inf = (idx[i * k : (i + 1) * k] for i in range(4))
+    dtype = t["g"].dtype
+    g, g_sam = t["g"].double(), t["g_sam"].double()
+    sign = torch.where(torch.rand(k, generator=gen) < 0.5, -1.0, 1.0).double()
+    g[edge] = (sign * (1 + torch.rand(k, generator=gen).double())).to(dtype).double()
+    g_sam[edge] = (g[edge].to(dtype).double() * RULES[rule].bound).to(dtype).double()
+    g_sam[neg_zero] = -0.0
+    g[nan] = -EPS
+    g_sam[nan] = 0.0
+    g[inf] = -EPS
+    g_sam[inf] = torch.randn(k, generator=gen).double() * 1e-2
+    t["g"], t["g_sam"] = g.to(dtype), g_sam.to(dtype)
+    return t
+
+
 def switch_id(sw: dict) -> str:
     """A readable pytest id for a ``SWITCHES`` entry: the switches that are on, and alpha."""
     return "-".join([k for k, v in sw.items() if v is True] + [f"a{sw['alpha']}"])
@@ -68,8 +130,16 @@ def variant_switch_id(sw: dict) -> str:
     return f"{sw['avg'] or 'noavg'}-{'gsam' if sw['gsam_alpha'] else 'nogsam'}-" + switch_id(rest)
 
 
+def rule_switch_id(sw: dict) -> str:
+    """A readable pytest id for a ``RULE_SWITCHES`` entry: the rule, GSAM, then ``switch_id``."""
+    rest = {k: v for k, v in sw.items() if k not in ("rule", "gsam_alpha")}
+    return f"{sw['rule']}-{'gsam' if sw['gsam_alpha'] else 'nogsam'}-" + switch_id(rest)
+
+
 def _id_part(name: str, value) -> str:
     if isinstance(value, dict):
+        if "rule" in value:
+            return rule_switch_id(value)
         return variant_switch_id(value) if "avg" in value else switch_id(value)
     if isinstance(value, bool) or value is None:
         return name if value else f"no_{name}"
@@ -200,7 +270,7 @@ def make_bucket_tensors(
     buf = torch.randn(n, generator=gen) * 1e-2
     k = max(n // 16, 1)
     idx = torch.randperm(n, generator=gen)
-    groups = [idx[i * k : (i + 1) * k] for i in range(8)]
+    groups = [idx[i * k : (i + 1) * k] for i in range(9)]
     g[groups[0]] = 0.0  # den == eps
     g_sam[groups[1]] = -g[groups[1]]  # exact sign flips
     g[groups[2]] = EPS * (torch.rand(k, generator=gen) * 4 - 2)  # |g_sgd| around eps
@@ -212,6 +282,11 @@ def make_bucket_tensors(
     g_sam[groups[5]] *= 1e3
     g_sam[groups[6]] = g[groups[6]] * 0.5  # clean Group B
     g_sam[groups[7]] = g[groups[7]] * 2.0  # clean Group A
+    # r == 1 exactly, the A/B edge (Group A): g_sgd + eps rounds to g_sgd in fp32 at these magnitudes, and
+    # they are exact in every storage dtype
+    ties = torch.tensor([0.5, -0.75, 1.0, -1.5]).repeat(k)[:k]
+    g[groups[8]] = ties
+    g_sam[groups[8]] = ties
     avg = g * 0.5 + torch.randn(n, generator=gen) * 1e-2  # a gradient average: correlated with g
     tensors = dict(w=w, g=g, g_sam=g_sam, g_sgd=torch.randn(n, generator=gen), buf=buf, avg=avg)
     if pad:
@@ -265,16 +340,22 @@ def run_step(
     inv_scale: Optional[Tensor] = None,
     avg: Optional[str] = None,
     gsam_alpha: Optional[float] = None,
+    rule: Optional[str] = None,
 ) -> dict[str, Tensor]:
     """perturb_ then update_ with ``ops`` on a copy of ``tensors``; returns the final tensors (+ stats, e).
 
     ``swap``: the optimizer's zero_grad=True path: g itself becomes g_sgd (no copy) and the update zeroes
     both gradient buffers. Otherwise perturb_ copies g into g_sgd and the update zeroes nothing.
     ``skip`` goes to both ops, ``update_skip`` (default: ``skip``) to the update only: an overflow found in
-    the second pass. ``inv_scale``: both gradients are scaled and the update unscales them.
+    the second pass. ``inv_scale``: both gradients are scaled and the update unscales them (``True``: by 0.5).
+    ``rule``: the update takes ``RULES[rule]``.
     """
     t = clone_all(tensors)
     device = t["w"].device
+    if inv_scale is True:
+        inv_scale = torch.tensor(0.5, device=device)
+    elif inv_scale is False:
+        inv_scale = None
     if scale is None:
         scale = scale_for(t, adaptive=adaptive)
     if skip is None:
@@ -324,6 +405,7 @@ def run_step(
         inv_scale=inv_scale,
         **average,
         **({} if gsam_k is None else dict(gsam_k=gsam_k)),
+        **({} if rule is None else dict(rule=RULES[rule])),
     )
     if stats is not None:
         t["stats"] = stats
