@@ -219,6 +219,12 @@ def zero_unbucketed_grads(param_groups: list, bucketed: set[int], set_to_none: b
                 p.grad.zero_()
 
 
+def without_first_grad(state_dict: dict) -> dict:
+    """``state_dict`` without the ``first_grad`` views (and without entries they alone made)."""
+    state = {i: {k: v for k, v in e.items() if k != FIRST_GRAD} for i, e in state_dict["state"].items()}
+    return dict(state_dict, state={i: e for i, e in state.items() if e})
+
+
 def sum_on_first_device(partials: list[Tensor]) -> Tensor:
     """Partial sums added on the first one's device, in fp64 when any of them is fp64."""
     home = partials[0].device

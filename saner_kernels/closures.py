@@ -21,6 +21,11 @@ from typing import Callable, Iterable
 from torch import Tensor
 
 CONVENTIONS = ("auto", "second_pass", "both_passes")
+SCALER_WITHOUT_FIRST_STEP = (
+    "GradScaler.step(optimizer) came without first_step(): SAM/SANER need two gradients per step. PyTorch "
+    "Lightning's precision='16-mixed' runs the training closure once itself and then steps the optimizer: use "
+    "precision='bf16-mixed' (no scaler), or manual optimization with first_step/second_step (docs/migrating.md)."
+)
 
 
 def check_convention(name: str) -> None:
@@ -57,12 +62,18 @@ class BackwardWatch:
 
 
 def from_lightning(closure: Callable) -> bool:
-    """A closure made by PyTorch Lightning's automatic optimization (possibly wrapped in functools.partial)."""
+    """A closure made by PyTorch Lightning's automatic optimization: Lightning's precision plugin wraps the
+    training closure in ``functools.partial(plugin._wrap_closure, model, optimizer, closure)``. Under manual
+    optimization the same wrapper carries the user's closure, which follows ``closure=``."""
+    models = []
     while isinstance(closure, functools.partial):
+        models += [a for a in closure.args if hasattr(a, "automatic_optimization")]
         closure = closure.func
     owner = getattr(closure, "__self__", closure)
     module = getattr(type(owner), "__module__", "") or ""
-    return module.startswith(("lightning.", "pytorch_lightning.", "lightning_fabric."))
+    if not module.startswith(("lightning.", "pytorch_lightning.", "lightning_fabric.")):
+        return False
+    return all(model.automatic_optimization for model in models)
 
 
 def resolve(convention: str, closure: Callable, backward_seen: bool) -> str:

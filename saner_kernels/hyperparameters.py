@@ -6,27 +6,22 @@ how a NaN written into a group by a scheduler or by hand is refused before it ca
 
 from __future__ import annotations
 
-import math
+from typing import Optional
 
 from torch import Tensor
+from torch.optim.optimizer import required
+
+from . import group_rules, variants
+from .finite import check_number
+from .replicas import DDP_MODES, check_not_sharded
 
 OWN_NON_NEGATIVE = ("rho", "alpha", "ratio_eps")  # SANER's own numbers
 SGD_NON_NEGATIVE = ("lr", "momentum", "dampening", "weight_decay")  # what the fused SGD update reads
 
 
-def _check_number(name: str, value) -> None:
-    if isinstance(value, Tensor) or isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"Invalid {name}: {value!r} (must be a Python number)")
-    if not math.isfinite(value):
-        raise ValueError(
-            f"Invalid {name}: {value!r} (must be finite): a non-finite {name} would make every weight NaN in one "
-            "step. If an LR or alpha schedule wrote it, check the schedule's inputs."
-        )
-
-
 def _check_non_negative(group: dict, names: tuple) -> None:
     for name in names:
-        _check_number(name, group[name])
+        check_number(name, group[name])
         if group[name] < 0:
             raise ValueError(f"Invalid {name}: {group[name]!r} (must be a non-negative number)")
 
@@ -52,7 +47,7 @@ def check_base(group: dict, fused_sgd: bool) -> None:
         values = value if isinstance(value, tuple) else (value,)
         for v in values:
             if isinstance(v, float):
-                _check_number(name, v)
+                check_number(name, v)
 
 
 def check_numbers(group: dict, fused_sgd: bool) -> None:
@@ -61,6 +56,45 @@ def check_numbers(group: dict, fused_sgd: bool) -> None:
     check_base(group, fused_sgd)
 
 
-def check_finite(name: str, value) -> None:
-    """A variant hyperparameter (sigma, lmbda, theta, gsam_alpha): a finite Python number."""
-    _check_number(name, value)
+def check_options(*, track_groups, ddp, ddp_mode: str) -> None:
+    """The constructor's options that are not per group."""
+    if track_groups not in (False, True, "per_parameter"):
+        raise ValueError(f"Invalid track_groups={track_groups!r}: False, True or 'per_parameter'")
+    if ddp_mode not in DDP_MODES:
+        raise ValueError(f"Invalid ddp_mode {ddp_mode!r}: expected 'global' or 'local'")
+    if ddp_mode == "local" and ddp is None:
+        raise ValueError(
+            "ddp_mode='local' needs the DistributedDataParallel model: SANER(ddp_model.parameters(), ..., "
+            "ddp=ddp_model, ddp_mode='local')"
+        )
+
+
+def resolve_group(
+    param_group: dict, defaults: dict, explicit: set, others: list, *, ddp_mode: str, fused_sgd: Optional[bool]
+) -> dict:
+    """A copy of ``param_group`` with ``defaults`` filled in, validated: SANER's numbers, its group rule, the
+    base optimizer's numbers (unless ``fused_sgd`` is None: the base is not built yet), the variant (
+    ``explicit``: the keys the caller wrote), and GSAM on every group or none (``others``: the groups
+    resolved so far). A refusal changes nothing."""
+    group = dict(param_group)
+    params = group["params"]
+    group["params"] = [params] if isinstance(params, Tensor) else list(params)
+    for name, default in defaults.items():
+        if default is required and name not in group:
+            raise ValueError(f"parameter group didn't specify a value of required optimization parameter {name}")
+        group.setdefault(name, default)
+    check_own(group)
+    group_rules.check(group)
+    if fused_sgd is not None:
+        check_base(group, fused_sgd)
+    check_not_sharded(group["params"])
+    variants.resolve_group(group, explicit)
+    if ddp_mode == "local" and group["variant"] == "gsam":
+        raise ValueError("ddp_mode='local' supports variant 'sam', 'fsam' and 'vasso', not 'gsam'")
+    gsam = [g["variant"] == "gsam" for g in others]
+    if gsam and any(gsam) != (group["variant"] == "gsam"):
+        raise ValueError(
+            "GSAM decomposes the whole second gradient against the whole first one: variant='gsam' must be "
+            "the variant of every param group or of none"
+        )
+    return group

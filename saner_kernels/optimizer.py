@@ -8,23 +8,22 @@ docs/design.md, "Semantics". Nothing in a step reads a device value on the host.
 
 from __future__ import annotations
 
-import functools
+from functools import partial
 from typing import Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import required
 
 from . import base_optimizer as base_optimizer_module
-from . import group_rules, ops, two_step, variants
+from . import clipping, ops, two_step, variants
 from .amp import ScalerBridge, is_g_sgd_group, unscaling
-from .bucket_set import FIRST_GRAD, FLAT_STATE_KEYS, BucketSet, check_sparse, zero_unbucketed_grads
+from .bucket_set import FLAT_STATE_KEYS, BucketSet, check_sparse, without_first_grad, zero_unbucketed_grads
 from .checkpoint_checks import check_loadable
-from .closures import BackwardWatch, check_convention
+from .closures import SCALER_WITHOUT_FIRST_STEP, BackwardWatch, check_convention
 from .closures import resolve as resolve_convention
 from .group_stats import GroupStats
-from .hyperparameters import check_base, check_numbers, check_own
-from .replicas import DDP_MODES, ReplicaSync, check_not_sharded
+from .hyperparameters import check_base, check_numbers, check_options, resolve_group
+from .replicas import ReplicaSync
 from .skip_counter import SkipCounter
 
 _STEP_API_HELP = (
@@ -39,26 +38,18 @@ _STEP_API_HELP = (
 class SANER(torch.optim.Optimizer):
     """Sharpness-Aware Noise-Explicit Reweighting (arXiv 2411.17132) over a base optimizer.
 
-    ``SANER(params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False, alpha=0.0, **kwargs)``, as
+    ``SANER(params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False, alpha=0.0, **kwargs)`` as
     davda54/sam's ``SAM`` and the SANER authors' class take it: ``kwargs`` are the base optimizer's arguments
-    (``lr``, ``momentum``, ``weight_decay``, ...; the base's own defaults apply). Two gradients per step:
+    (its own defaults apply) and SANER's keywords (``group``, ``rule``, ``ratio_eps``, ``variant`` and its
+    hyperparameters, ``backend``, ``track_groups``, ``ddp``/``ddp_mode``, ``closure``: docs/usage.md).
     ``first_step()`` after the gradient at ``w`` perturbs the weights to ``w + e``; ``second_step()`` after
-    the gradient at ``w + e`` restores ``w``, scales the Group B components of the SAM gradient
-    (``0 < g_SAM / g_SGD < 1``) by ``alpha`` and steps the base optimizer (with ``torch.optim.SGD``, one fused
-    kernel). ``alpha = 1`` is SAM. ``step(closure)`` takes davda54's closure (after your first backward) and
-    torch's/Lightning's (forward and backward at the current weights; see ``closure``).
+    the gradient at ``w + e`` restores ``w``, scales the Group B components of g_SAM (``0 < g_SAM / g_SGD <
+    1``) by ``alpha`` and steps the base (``torch.optim.SGD``: one fused kernel). ``alpha = 1`` is SAM.
+    ``step(closure)`` takes davda54's and torch's closures (docs/design.md, "Closures").
 
-    Keywords of SANER's own: ``variant`` picks the member of the SAM family that makes the perturbation
-    (``sam``, ``fsam``, ``vasso``, ``gsam``; ``saner_kernels/variants.py``) with ``sigma``/``lmbda``,
-    ``theta``, ``gsam_alpha``; ``group``/``rule`` (which Group is reweighted and how: ``group_rules.py``);
-    ``ratio_eps`` (in ``g_SAM / (g_SGD + ratio_eps)``); ``backend``; ``track_groups`` (Group A/B/C
-    statistics; ``"per_parameter"`` also per parameter); ``ddp``/``ddp_mode`` (docs/design.md,
-    "Distributed"); ``closure`` (``"auto"``, ``"second_pass"``: davda54's, ``"both_passes"``: torch's;
-    docs/design.md, "Closures").
-
-    Parameters are packed into flat buckets at the first step: ``p.data`` and ``p.grad`` become
-    views into one buffer per (group, device, dtype). ``zero_grad()`` therefore zeroes gradients in
-    place whatever ``set_to_none`` says (a ``None`` gradient would break the view).
+    Parameters are packed into flat buckets at the first step: ``p.data`` and ``p.grad`` become views into
+    one buffer per (group, device, dtype); ``zero_grad()`` zeroes gradients in place whatever
+    ``set_to_none`` says (a ``None`` gradient would break the view).
     """
 
     def __init__(
@@ -86,15 +77,7 @@ class SANER(torch.optim.Optimizer):
     ):
         ops.check_backend_name(backend)
         check_convention(closure)
-        if track_groups not in (False, True, "per_parameter"):
-            raise ValueError(f"Invalid track_groups={track_groups!r}: False, True or 'per_parameter'")
-        if ddp_mode not in DDP_MODES:
-            raise ValueError(f"Invalid ddp_mode {ddp_mode!r}: expected 'global' or 'local'")
-        if ddp_mode == "local" and ddp is None:
-            raise ValueError(
-                "ddp_mode='local' needs the DistributedDataParallel model: SANER(ddp_model.parameters(), ..., "
-                "ddp=ddp_model, ddp_mode='local')"
-            )
+        check_options(track_groups=track_groups, ddp=ddp, ddp_mode=ddp_mode)
         variant_hypers = dict(sigma=sigma, lmbda=lmbda, theta=theta, gsam_alpha=gsam_alpha)
         variants.check_arguments(variant, variant_hypers)
         defaults = dict(rho=rho, adaptive=adaptive, alpha=alpha, group=group, rule=rule, ratio_eps=ratio_eps)
@@ -105,7 +88,7 @@ class SANER(torch.optim.Optimizer):
         self.ddp_mode = ddp_mode
         self._ddp = ddp
         self._replicas: Optional[ReplicaSync] = None
-        self._step_state: Optional[two_step.StepState] = None  # set by first_step, cleared by second_step
+        self._pending = two_step.PendingStep()  # set by first_step, cleared by second_step
         self._skips = SkipCounter()
         self._group_stats = GroupStats()
         self._scaler_bridge = ScalerBridge()  # g_SGD seen by a GradScaler between the two steps
@@ -132,28 +115,8 @@ class SANER(torch.optim.Optimizer):
     # ------------------------------------------------------------------ torch.optim plumbing
     def _resolved_group(self, param_group: dict, explicit: set, others: list) -> dict:
         """``param_group`` with defaults filled in and validated (a copy: a refusal changes nothing)."""
-        group = dict(param_group)
-        params = group["params"]
-        group["params"] = [params] if isinstance(params, Tensor) else list(params)
-        for name, default in self.defaults.items():
-            if default is required and name not in group:
-                raise ValueError(f"parameter group didn't specify a value of required optimization parameter {name}")
-            group.setdefault(name, default)
-        check_own(group)
-        group_rules.check(group)
-        if "base_optimizer" in self.__dict__:
-            check_base(group, self._fused_sgd)
-        check_not_sharded(group["params"])
-        variants.resolve_group(group, explicit)
-        if self.ddp_mode == "local" and group["variant"] == "gsam":
-            raise ValueError("ddp_mode='local' supports variant 'sam', 'fsam' and 'vasso', not 'gsam'")
-        gsam = [g["variant"] == "gsam" for g in others]
-        if gsam and any(gsam) != (group["variant"] == "gsam"):
-            raise ValueError(
-                "GSAM decomposes the whole second gradient against the whole first one: variant='gsam' must be "
-                "the variant of every param group or of none"
-            )
-        return group
+        fused_sgd = self._fused_sgd if "base_optimizer" in self.__dict__ else None  # None: the base is not built yet
+        return resolve_group(param_group, self.defaults, explicit, others, ddp_mode=self.ddp_mode, fused_sgd=fused_sgd)
 
     def add_param_group(self, param_group: dict) -> None:
         group = self._resolved_group(param_group, set(param_group), self._user_groups())
@@ -210,8 +173,7 @@ class SANER(torch.optim.Optimizer):
             if bridge_group is not None:
                 self._scaler_bridge.group = bridge_group
                 self.param_groups.append(bridge_group)
-        own["state"] = {i: {k: v for k, v in e.items() if k != FIRST_GRAD} for i, e in own["state"].items()}
-        own["state"] = {i: e for i, e in own["state"].items() if e}
+        own = without_first_grad(own)
         if self._fused_sgd:
             return own
         return base_optimizer_module.merged_state_dict(own, self.base_optimizer.state_dict())
@@ -246,13 +208,13 @@ class SANER(torch.optim.Optimizer):
         "Gradient buffers"): ``p.grad`` becomes a new, zero tensor; a reference to the old ``p.grad``
         sees g_SGD until the second step.
         """
-        if self._step_state is not None:
+        if self._pending.state is not None:
             raise RuntimeError("first_step() was called twice without second_step() in between. " + _STEP_API_HELP)
         self._check_step_inputs()
         self._skips.poll()
         self._buckets.sync(self.param_groups)
         entries = self._buckets.entries(self.param_groups)
-        self._step_state = two_step.first_step(entries, self._buckets, zero_grad=zero_grad, replicas=self._replicas)
+        self._pending.state = two_step.first_step(entries, self._buckets, zero_grad=zero_grad, replicas=self._replicas)
         if zero_grad:
             zero_unbucketed_grads(self.param_groups, self._buckets.bucketed_ids())
         carriers = [bucket.g_sgd_carrier() for bucket in self._buckets.buckets()]
@@ -263,7 +225,7 @@ class SANER(torch.optim.Optimizer):
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore ``w``, reweight Group B of the gradient at ``w + e`` by alpha, take the SGD step."""
-        step = self._step_state
+        step = self._pending.state
         if step is None:
             raise RuntimeError("second_step() was called before first_step(). " + _STEP_API_HELP)
         self._scaler_bridge.withdraw(self.param_groups)
@@ -287,10 +249,9 @@ class SANER(torch.optim.Optimizer):
         if step.skip is not None:
             self._skips.add(step.skip)
         if self.track_groups == "per_parameter":
-            for entry in step.entries:
-                entry.bucket.gather_grads()
-            factor_on = functools.partial(two_step.update_factor, step, scaling)
-            self._group_stats.record_per_parameter(step.entries, factor_on, step.skip)
+            self._group_stats.record_per_parameter(
+                step.entries, partial(two_step.update_factor, step, scaling), step.skip
+            )
         counts = two_step.second_step(
             step,
             self._buckets,
@@ -306,7 +267,7 @@ class SANER(torch.optim.Optimizer):
                 self._buckets.zero_grad()
         if self.track_groups:
             self._group_stats.record(counts, step.skip)
-        self._step_state = None
+        self._pending.state = None
         self._buckets.withdraw_first_grads()
         # What a torch LR scheduler checks, on this optimizer or on its base: second_step() is the step.
         self._opt_called = self.base_optimizer._opt_called = True
@@ -325,17 +286,13 @@ class SANER(torch.optim.Optimizer):
         Without a closure, after ``first_step()``: ``second_step(zero_grad=True)``; this is what
         ``torch.amp.GradScaler.step(opt)`` calls, handing over its scale and ``found_inf``.
         """
+        if self._pending.state is not None:  # GradScaler.step(opt), or step() after first_step()
+            loss = None if closure is None else torch.enable_grad()(closure)()  # e.g. Lightning's hooks-only closure
+            self.second_step(zero_grad=True)
+            return loss
         if closure is None:
-            if self._step_state is not None:  # GradScaler.step(opt), or a plain step() after first_step()
-                self.second_step(zero_grad=True)
-                return None
             if getattr(self, "found_inf", None) is not None:
-                raise RuntimeError(
-                    "GradScaler.step(optimizer) came without first_step(): SAM/SANER need two gradients per step. "
-                    "PyTorch Lightning's precision='16-mixed' runs the training closure once itself and then steps "
-                    "the optimizer: use precision='bf16-mixed' (no scaler), or manual optimization with "
-                    "first_step/second_step (docs/migrating.md)."
-                )
+                raise RuntimeError(SCALER_WITHOUT_FIRST_STEP)
             raise RuntimeError("step() needs a closure, or a first_step() before it. " + _STEP_API_HELP)
         convention = resolve_convention(self.closure, closure, self._backwards.seen)
         closure = torch.enable_grad()(closure)
@@ -360,30 +317,23 @@ class SANER(torch.optim.Optimizer):
         (docs/design.md, "Gradient clipping"); no pass over the gradients but the norm's. Before
         ``first_step`` it only returns the norm: the first gradient sets the perturbation, which is scale-free.
         With a GradScaler, call ``scaler.unscale_(optimizer)`` first, as for torch's clip."""
-        grads = [b.flat_grad[: b.n_valid] for b in self._buckets.buckets()]
         bucketed = self._buckets.bucketed_ids()
+        grads = [b.flat_grad[: b.n_valid] for b in self._buckets.buckets()]
         grads += [
             p.grad for g in self._user_groups() for p in g["params"] if p.grad is not None and id(p) not in bucketed
         ]
-        if not grads:
-            return torch.zeros(())
-        total = torch.nn.utils.get_total_norm(grads, norm_type)
-        step = self._step_state
-        if step is not None:
-            if any(variants.average_key(g) for g in self._user_groups()):
-                raise RuntimeError(
-                    "clip_grad_norm_ with variant='fsam' or 'vasso' is not supported: the clip coefficient would also "
-                    "scale the gradient average. Clip with variant='sam' or 'gsam', or do not clip."
-                )
-            step.clip_coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        total, coef = clipping.norm_and_coefficient(grads, max_norm, norm_type)
+        if self._pending.state is not None:
+            clipping.check_variants(self._user_groups())
+            self._pending.state.clip_coef = coef
         return total
 
     @torch.no_grad()
     def _undo_perturbation(self) -> None:
         """Restore w (and g_SGD in ``p.grad``) after a failed closure, so an exception in it loses nothing."""
         self._scaler_bridge.withdraw(self.param_groups)
-        two_step.undo_perturbation(self._step_state, self._buckets, self._replicas)
-        self._step_state = None
+        two_step.undo_perturbation(self._pending.state, self._buckets, self._replicas)
+        self._pending.state = None
         self._buckets.withdraw_first_grads()
 
     # ------------------------------------------------------------------ diagnostics

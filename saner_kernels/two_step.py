@@ -55,6 +55,14 @@ class StepState:
         return self._skip_by_device[device]
 
 
+class PendingStep:
+    """The step ``first_step`` began, in an object of its own: a wrapper that copies the optimizer's
+    ``__dict__`` (PyTorch Lightning's ``LightningOptimizer``) shares it with the optimizer."""
+
+    def __init__(self):
+        self.state: Optional[StepState] = None
+
+
 def _compute_dtype(entry: Entry) -> torch.dtype:
     return torch.float64 if entry.bucket.dtype == torch.float64 else torch.float32
 

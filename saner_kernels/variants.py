@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .hyperparameters import check_finite
+from .finite import check_number
 from .ops.hyper import AverageHyper
 
 VARIANTS = ("sam", "fsam", "vasso", "gsam")
@@ -65,7 +65,7 @@ def resolve_group(group: dict, explicit: set) -> None:
         elif group.get(name) is None:
             group[name] = own[name]
     for name in own:
-        check_finite(name, group[name])
+        check_number(name, group[name])
     if variant == "fsam" and not (group["sigma"] >= 0 and 0 <= group["lmbda"] <= 1):
         raise ValueError(f"Invalid Friendly-SAM sigma={group['sigma']!r} (>= 0) or lmbda={group['lmbda']!r} ([0, 1])")
     if variant == "vasso" and not 0 < group["theta"] <= 1:

@@ -100,7 +100,8 @@ class PlainTwoPassSAM:
         factor = 1.0
         if self.clip_update_norm is not None:  # the mask from the unclipped gradients; the step clipped
             norm = torch.stack([g.double().pow(2).sum() for g in g_sam]).sum().sqrt()
-            factor = torch.clamp(self.clip_update_norm / (norm + 1e-6), max=1.0)
+            # applied as an fp32 factor, like GradScaler's 1/scale (docs/design.md, "Gradient clipping")
+            factor = torch.clamp(self.clip_update_norm / (norm + 1e-6), max=1.0).float().double()
         for p, saved, g1, g2 in zip(self.params, self._saved, g_sgd, g_sam):
             p.copy_(saved)
             ratio = g2 / (g1 + self.eps)

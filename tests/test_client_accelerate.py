@@ -107,8 +107,7 @@ def test_saners_own_clip_grad_norm_through_the_accelerated_optimizer():
         optimizer.step()
     data = batches(tiny_data())
     expected = plain_run(start, data, clip_update_norm=clip, **SETTINGS)
-    # 1e-8: the clip factor is rounded to fp32 for fp64 buckets (tests/test_client_lightning.py's xfail)
-    assert max_weight_difference(model, expected) < 1e-8
+    assert max_weight_difference(model, expected) < 1e-12
     assert (
         max_weight_difference(model, plain_run(start, data, clip_norm=clip, clip_passes=("second",), **SETTINGS)) > 1e-6
     )

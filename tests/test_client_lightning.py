@@ -128,18 +128,11 @@ def test_configure_gradient_clipping_through_saners_clip_grad_norm():
     clip = 0.05
     module, start, data, plain_settings = fit_clipped_through_saner("SANER", clip)
     expected = plain_run(start, data, clip_update_norm=clip, **plain_settings)
-    assert max_weight_difference(module.net, expected) < 1e-8  # 1e-12 once the clip factor stays fp64 (below)
+    assert max_weight_difference(module.net, expected) < TIGHT
     both_clipped = plain_run(start, data, clip_norm=clip, **plain_settings)  # Lightning's default clip
     assert max_weight_difference(module.net, both_clipped) > 1e-6  # the mask is another one
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="lead: two_step.update_factor rounds the clip coefficient to fp32 (.to(dtype=torch.float32)) for fp64 "
-    "buckets too, so an fp64 clipped step is off by up to 2^-24 relative (3e-10 here); fix: the factor typed like "
-    "the bucket's scale (fp64 for fp64 buckets)",
-)
 def test_saners_clip_grad_norm_is_exact_in_fp64():
     clip = 0.05
     module, start, data, plain_settings = fit_clipped_through_saner("SANER", clip)
@@ -300,25 +293,11 @@ def test_manual_optimization_with_fp16_and_a_grad_scaler():
     assert fit.global_step == len(data)
 
 
-STEP_AFTER_FIRST_STEP = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="lead: optimizer.step() after first_step() hands SANER a Lightning closure with a backward seen, refused as "
-    "'accumulate_grad_batches > 1'; fix: step(closure) with a step pending runs the closure, then second_step",
-)
-SHARED_PENDING_STEP = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="lead: first_step() on the LightningOptimizer stores _step_state in the wrapper's own __dict__ (a copy of "
-    "the SANER's), so the SANER that Lightning steps has none; fix: keep the pending step in a shared holder object",
-)
-
-
 @pytest.mark.parametrize(
     "spelling",
     [
-        pytest.param("raw_first_step_then_step", marks=STEP_AFTER_FIRST_STEP),
-        pytest.param("first_step_then_step", marks=[STEP_AFTER_FIRST_STEP, SHARED_PENDING_STEP]),
+        "raw_first_step_then_step",
+        "first_step_then_step",
     ],
 )
 def test_manual_first_step_then_lightning_step_without_a_scaler(spelling):
@@ -327,13 +306,6 @@ def test_manual_first_step_then_lightning_step_without_a_scaler(spelling):
     assert fit.global_step == len(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="lead: in manual optimization a Lightning-wrapped closure is treated as automatic optimization's (refused "
-    "as accumulate_grad_batches > 1); fix: closures.from_lightning only when the partial's model (args[0]) has "
-    "automatic_optimization, else the closure= convention (davda54's here)",
-)
 def test_manual_optimization_with_davda54s_closure():
     module, start, fit, data = fit_manual("davda54_closure")
     assert max_weight_difference(module.net, plain_run(start, data, **SANER_SETTINGS)) < TIGHT
