@@ -50,8 +50,9 @@ fi
 INSTALL="${SANER_COMPAT_INSTALL:-editable}"
 case "$INSTALL" in editable|wheel) ;; *) echo "SANER_COMPAT_INSTALL must be editable or wheel" >&2; exit 2 ;; esac
 # Test and build dependencies; triton comes with torch (each torch pins its own: 2.11 -> 3.6.0,
-# 2.15 -> 3.9.x). scikit-learn and matplotlib: tests/test_train_*.py skip without them.
-DEPS=(setuptools wheel pybind11 ninja numpy pytest scikit-learn matplotlib)
+# 2.15 -> 3.9.x). scikit-learn and matplotlib: tests/test_train_*.py skip without them; lightning and
+# accelerate: the client tests (the pins of the Makefile).
+DEPS=(setuptools wheel pybind11 ninja numpy pytest scikit-learn matplotlib lightning==2.6.6 accelerate==1.16.0)
 TRITON_FALLBACK="${SANER_COMPAT_TRITON:-3.6.0}"  # for a torch that pins none (the Makefile's version)
 
 # ------------------------------------------------------------------ which torch

@@ -8,7 +8,7 @@ import os
 # The op ABI version: bump it when an op schema (csrc/ops.cpp) or the meaning of an argument changes, so that an
 # extension built from older sources reports itself as stale instead of misbehaving. setup.py passes it to the
 # build (SANER_KERNELS_ABI_VERSION, read by csrc/module.cpp).
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 
 def source_hash(csrc: str) -> str:

@@ -23,6 +23,11 @@ import torch
 from torch import Tensor
 
 G_SGD_GROUP_KEY = "saner_g_sgd"
+AVERAGES_REFUSE_SCALER = (
+    "variant='fsam' and 'vasso' keep an average of past gradients, which a GradScaler's scaled gradients (their "
+    "scale changes between steps) would corrupt: use bf16 autocast (no scaler) or variant='sam'/'gsam' with fp16. "
+    "The weights were restored and nothing was stepped."
+)
 
 
 def is_g_sgd_group(group: dict) -> bool:

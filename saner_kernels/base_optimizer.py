@@ -81,24 +81,3 @@ def step_unless_skipped(base: torch.optim.Optimizer, skip: Optional[Tensor]) -> 
             del base.grad_scale, base.found_inf
     elif not bool(skip):
         base.step()
-
-
-def merged_state_dict(own: dict, base: dict) -> dict:
-    """SANER's state_dict with the base optimizer's per-parameter state added (both index parameters in the
-    order of the param groups they share; their keys do not overlap)."""
-    state = {i: dict(entry) for i, entry in own["state"].items()}
-    for i, entry in base["state"].items():
-        state.setdefault(i, {}).update(entry)
-    return {"state": state, "param_groups": own["param_groups"]}
-
-
-def split_state_dict(state_dict: dict, own_keys: Iterable[str]) -> tuple[dict, dict]:
-    """The inverse of ``merged_state_dict``: (SANER's state_dict, the base optimizer's)."""
-    own_keys = set(own_keys)
-    own = {i: {k: v for k, v in e.items() if k in own_keys} for i, e in state_dict["state"].items()}
-    base = {i: {k: v for k, v in e.items() if k not in own_keys} for i, e in state_dict["state"].items()}
-    groups = state_dict["param_groups"]
-    return (
-        {"state": {i: e for i, e in own.items() if e}, "param_groups": groups},
-        {"state": {i: e for i, e in base.items() if e}, "param_groups": groups},
-    )

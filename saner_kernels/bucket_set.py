@@ -123,6 +123,14 @@ class BucketSet:
         for bucket in self.buckets():
             bucket.zero_grad()
 
+    def check_bound(self) -> None:
+        """Refuse a second step whose parameters' storage was replaced since the first."""
+        if not all(bucket.params_bound() for bucket in self.buckets()):
+            raise RuntimeError(
+                "a parameter's storage was replaced between first_step() and second_step() "
+                "(model.to(), p.data = ...); do that outside a SANER step."
+            )
+
     # ------------------------------------------------------------------ per-parameter state
     def state_of(self, p: Tensor, key: str) -> Optional[Tensor]:
         # self.state is a defaultdict: look without creating empty entries (they would show in state_dict)

@@ -21,6 +21,13 @@ from typing import Callable, Iterable
 from torch import Tensor
 
 CONVENTIONS = ("auto", "second_pass", "both_passes")
+STEP_API_HELP = (
+    "SANER/SAM need two gradients per step. Either\n"
+    "  loss_fn(model(x)).backward(); opt.first_step(zero_grad=True)\n"
+    "  loss_fn(model(x)).backward(); opt.second_step(zero_grad=True)\n"
+    "or opt.step(closure): after the first backward with a closure that runs forward and backward (davda54/sam), "
+    "or with a closure that runs forward and backward itself (torch.optim's convention)."
+)
 SCALER_WITHOUT_FIRST_STEP = (
     "GradScaler.step(optimizer) came without first_step(): SAM/SANER need two gradients per step. PyTorch "
     "Lightning's precision='16-mixed' runs the training closure once itself and then steps the optimizer: use "

@@ -16,23 +16,15 @@ from torch import Tensor
 
 from . import base_optimizer as base_optimizer_module
 from . import clipping, ops, two_step, variants
-from .amp import ScalerBridge, is_g_sgd_group, unscaling
+from .amp import AVERAGES_REFUSE_SCALER, ScalerBridge, is_g_sgd_group, unscaling
 from .bucket_set import FLAT_STATE_KEYS, BucketSet, check_sparse, without_first_grad, zero_unbucketed_grads
-from .checkpoint_checks import check_loadable
-from .closures import SCALER_WITHOUT_FIRST_STEP, BackwardWatch, check_convention
+from .checkpoints import check_loadable, merged_state_dict, split_state_dict
+from .closures import SCALER_WITHOUT_FIRST_STEP, STEP_API_HELP, BackwardWatch, check_convention
 from .closures import resolve as resolve_convention
 from .group_stats import GroupStats
 from .hyperparameters import check_base, check_numbers, check_options, resolve_group
 from .replicas import ReplicaSync
 from .skip_counter import SkipCounter
-
-_STEP_API_HELP = (
-    "SANER/SAM need two gradients per step. Either\n"
-    "  loss_fn(model(x)).backward(); opt.first_step(zero_grad=True)\n"
-    "  loss_fn(model(x)).backward(); opt.second_step(zero_grad=True)\n"
-    "or, after the first backward, opt.step(closure) with a closure that runs forward and backward "
-    "(without zero_grad) and returns the loss, as in davda54/sam."
-)
 
 
 class SANER(torch.optim.Optimizer):
@@ -155,7 +147,7 @@ class SANER(torch.optim.Optimizer):
         """torch's ``load_state_dict``, after checking the whole checkpoint against this optimizer: a refused
         load changes nothing (docs/design.md, "Bad input")."""
         check_loadable(self._user_groups(), state_dict, self._resolved_loaded_group)
-        own, base = base_optimizer_module.split_state_dict(state_dict, FLAT_STATE_KEYS)
+        own, base = split_state_dict(state_dict, FLAT_STATE_KEYS)
         super().load_state_dict(own)
         self._buckets.copy_loaded_state()
         if not self._fused_sgd:
@@ -173,10 +165,7 @@ class SANER(torch.optim.Optimizer):
             if bridge_group is not None:
                 self._scaler_bridge.group = bridge_group
                 self.param_groups.append(bridge_group)
-        own = without_first_grad(own)
-        if self._fused_sgd:
-            return own
-        return base_optimizer_module.merged_state_dict(own, self.base_optimizer.state_dict())
+        return merged_state_dict(without_first_grad(own), None if self._fused_sgd else self.base_optimizer.state_dict())
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero gradients. Bucketed gradients are zeroed in place whatever ``set_to_none`` says."""
@@ -209,7 +198,7 @@ class SANER(torch.optim.Optimizer):
         sees g_SGD until the second step.
         """
         if self._pending.state is not None:
-            raise RuntimeError("first_step() was called twice without second_step() in between. " + _STEP_API_HELP)
+            raise RuntimeError("first_step() was called twice without second_step() in between. " + STEP_API_HELP)
         self._check_step_inputs()
         self._skips.poll()
         self._buckets.sync(self.param_groups)
@@ -227,22 +216,14 @@ class SANER(torch.optim.Optimizer):
         """Restore ``w``, reweight Group B of the gradient at ``w + e`` by alpha, take the SGD step."""
         step = self._pending.state
         if step is None:
-            raise RuntimeError("second_step() was called before first_step(). " + _STEP_API_HELP)
+            raise RuntimeError("second_step() was called before first_step(). " + STEP_API_HELP)
         self._scaler_bridge.withdraw(self.param_groups)
         self._check_step_inputs()
-        if not all(bucket.params_bound() for bucket in self._buckets.buckets()):
-            raise RuntimeError(
-                "a parameter's storage was replaced between first_step() and second_step() "
-                "(model.to(), p.data = ...); do that outside a SANER step."
-            )
+        self._buckets.check_bound()
         scaling = unscaling(self, self._scaler_bridge)
         if scaling is not None and any(variants.average_key(g) for g in self._user_groups()):
             self._undo_perturbation()
-            raise RuntimeError(
-                "variant='fsam' and 'vasso' keep an average of past gradients, which a GradScaler's scaled "
-                "gradients (their scale changes between steps) would corrupt: use bf16 autocast (no scaler) "
-                "or variant='sam'/'gsam' with fp16. The weights were restored and nothing was stepped."
-            )
+            raise RuntimeError(AVERAGES_REFUSE_SCALER)
         two_step.fold_scaler_skip(step, scaling, self._replicas)
         if scaling is not None:
             self._skips.expect_skips()
@@ -293,7 +274,7 @@ class SANER(torch.optim.Optimizer):
         if closure is None:
             if getattr(self, "found_inf", None) is not None:
                 raise RuntimeError(SCALER_WITHOUT_FIRST_STEP)
-            raise RuntimeError("step() needs a closure, or a first_step() before it. " + _STEP_API_HELP)
+            raise RuntimeError("step() needs a closure, or a first_step() before it. " + STEP_API_HELP)
         convention = resolve_convention(self.closure, closure, self._backwards.seen)
         closure = torch.enable_grad()(closure)
         loss_at_w = closure() if convention == "both_passes" else None

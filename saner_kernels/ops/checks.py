@@ -7,6 +7,7 @@ again what reaches C++ (its memory safety does not rest on Python).
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -136,3 +137,8 @@ def group_rule(rule) -> None:
         raise TypeError(f"saner_kernels: rule must be a GroupRule (ops/hyper.py) or None, got {type(rule).__name__}")
     if rule is not None and not 0 < rule.regions < 32:
         raise ValueError(f"saner_kernels: GroupRule.regions must be a non-empty set of region bits, got {rule.regions}")
+    if rule is not None:
+        for name in ("bound", "in_sam", "in_sgd", "out_sam", "out_sgd"):
+            value = getattr(rule, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"saner_kernels: GroupRule.{name} must be a finite number, got {value!r}")

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .._source_hash import ABI_VERSION, source_hash
 from . import checks
-from .hyper import AverageHyper, UpdateHyper
+from .hyper import AverageHyper, GroupRule, UpdateHyper
 
 BUILD_HINT = "pip install --no-build-isolation -e .  (or `pip install --no-build-isolation .`)"
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -105,6 +105,21 @@ def _average(avg: Optional[Tensor], avg_hyper: Optional[AverageHyper], commit: b
     return flat
 
 
+def _rule(rule: Optional[GroupRule]) -> dict:
+    """The flat schema arguments of a checked group rule (none without one: the schema's defaults mean "no rule")."""
+    if rule is None:
+        return {}
+    return dict(
+        has_rule=True,
+        rule_regions=int(rule.regions),
+        rule_bound=float(rule.bound),
+        rule_in_sam=float(rule.in_sam),
+        rule_in_sgd=float(rule.in_sgd),
+        rule_out_sam=float(rule.out_sam),
+        rule_out_sgd=float(rule.out_sgd),
+    )
+
+
 def grad_sq_norm(
     grad: Tensor,
     w: Optional[Tensor] = None,
@@ -149,10 +164,12 @@ def update_(
     avg: Optional[Tensor] = None,
     avg_hyper: Optional[AverageHyper] = None,
     gsam_k: Optional[Tensor] = None,
+    rule: Optional[GroupRule] = None,
 ) -> None:
     n_valid = checks.update_args(
         DTYPES, w, g_sam, g_sgd, buf, scale, skip, e, stats, n_valid, inv_scale, avg, avg_hyper, gsam_k
     )
+    checks.group_rule(rule)
     torch.ops.saner_kernels.update_(
         w,
         g_sam,
@@ -176,6 +193,7 @@ def update_(
         gsam_k=gsam_k,
         gsam_alpha=hyper.gsam_alpha,
         **_average(avg, avg_hyper, commit=True),
+        **_rule(rule),
     )
 
 
@@ -208,8 +226,10 @@ def reweight_(
     stats: Optional[Tensor] = None,
     n_valid: Optional[int] = None,
     inv_scale: Optional[Tensor] = None,
+    rule: Optional[GroupRule] = None,
 ) -> None:
     n_valid = checks.reweight_args(DTYPES, g_sam, g_sgd, skip, stats, n_valid, inv_scale)
+    checks.group_rule(rule)
     torch.ops.saner_kernels.reweight_(
-        g_sam, g_sgd, skip, alpha=alpha, eps=eps, stats=stats, n_valid=n_valid, inv_scale=inv_scale
+        g_sam, g_sgd, skip, alpha=alpha, eps=eps, stats=stats, n_valid=n_valid, inv_scale=inv_scale, **_rule(rule)
     )

@@ -17,7 +17,9 @@ makes the direction ``d = dir_g * g + dir_avg * avg`` (``_direction``) in the no
 recomputed ``e`` of the update and the restore (one more tensor read), and the update commits
 ``avg <- keep * avg + take * g_sgd`` from the unscaled ``g_sgd`` (one more tensor written); ``HAS_GSAM``,
 GSAM's ``g <- g - gsam_alpha * (g_sgd - gsam_k * g)`` after the unscaling, before the Group B mask (one scalar
-load). lr, momentum, dampening, weight decay, alpha, eps and the average's and GSAM's coefficients are runtime
+load); ``RULE`` (the update and the reweighting), a group rule's region bits (``ops.GroupRule``, 0: none) in
+place of the alpha reweighting: the ratio by IEEE division (``tl.div_rn``), its regions against the runtime bound
+and the rule's four runtime coefficients (no tensor traffic: ``g_sgd`` is loaded as for the mask). lr, momentum, dampening, weight decay, alpha, eps and the average's and GSAM's coefficients are runtime
 fp32 arguments, so schedules never recompile. ``weight_decay == 0`` skips the decay term with a runtime branch
 (no ``0 * w``: an infinite weight stays infinite, -0 stays -0).
 
@@ -50,7 +52,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import checks
-from .hyper import AverageHyper, UpdateHyper
+from .hyper import AverageHyper, GroupRule, UpdateHyper
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -78,6 +80,29 @@ def _group_masks(g, g_sgd, eps):
     den = g_sgd + eps
     same_sign = ((g > 0) & (den > 0)) | ((g < 0) & (den < 0))
     return same_sign, tl.abs(g) < tl.abs(den)
+
+
+@triton.jit
+def _ruled(g, g_sgd, eps, bound, in_sam, in_sgd, out_sam, out_sgd, RULE: tl.constexpr):
+    """A group rule (reference._ruled): ``(d, A, B)``. The ratio by IEEE division (``div_rn``: Triton's ``/`` is
+    ``div.full.f32``, not correctly rounded), its regions against ``bound`` selected by the region bits ``RULE``
+    (C 1, Z 2, B 4, E 8, A 16; a NaN ratio is in none); two products and a sum on each side. A is ``r >= bound``,
+    B ``0 < r < bound`` (disjoint)."""
+    r = tl.div_rn(g, g_sgd + eps)
+    in_b = (r > 0) & (r < bound)
+    inside = r < r  # all false (a NaN ratio too), then the rule's regions
+    if RULE & 1:
+        inside = inside | (r < 0)
+    if RULE & 2:
+        inside = inside | (r == 0)
+    if RULE & 4:
+        inside = inside | in_b
+    if RULE & 8:
+        inside = inside | (r == bound)
+    if RULE & 16:
+        inside = inside | (r > bound)
+    d = tl.where(inside, g * in_sam + g_sgd * in_sgd, g * out_sam + g_sgd * out_sgd)
+    return d, r >= bound, in_b
 
 
 @triton.jit
@@ -201,6 +226,11 @@ def _update_kernel(
     avg_keep,
     avg_take,
     gsam_alpha,
+    rule_bound,
+    rule_in_sam,
+    rule_in_sgd,
+    rule_out_sam,
+    rule_out_sgd,
     BLOCK: tl.constexpr,
     ADAPTIVE: tl.constexpr,
     HAS_MOMENTUM: tl.constexpr,
@@ -212,6 +242,7 @@ def _update_kernel(
     HAS_INV_SCALE: tl.constexpr,
     HAS_AVG: tl.constexpr,
     HAS_GSAM: tl.constexpr,
+    RULE: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -225,8 +256,8 @@ def _update_kernel(
     step = offs < _bound(n, keep)
     touch_w = offs < _bound(n, keep | perturbed)
     g = tl.load(g_ptr + offs, mask=touch_w).to(tl.float32)
-    if not ADAPTIVE or USE_MASK or TRACK_GROUPS or HAS_AVG or HAS_GSAM:
-        # for e (not adaptive); for the groups, the average's commit, GSAM's decomposition
+    if not ADAPTIVE or USE_MASK or TRACK_GROUPS or HAS_AVG or HAS_GSAM or RULE:
+        # for e (not adaptive); for the groups, the average's commit, GSAM's decomposition, the rule
         g_sgd = tl.load(g_sgd_ptr + offs, mask=touch_w).to(tl.float32)
     if ZERO_GRADS:
         # Right after this thread's loads of the same elements (short address live ranges: no spill); on a
@@ -250,14 +281,18 @@ def _update_kernel(
         # GradScaler's 1/scale: both gradients unscaled after e was recomputed from the stored (scaled) g_sgd.
         inv_scale = tl.load(inv_scale_ptr)
         g = g * inv_scale
-        if USE_MASK or TRACK_GROUPS or HAS_AVG or HAS_GSAM:
+        if USE_MASK or TRACK_GROUPS or HAS_AVG or HAS_GSAM or RULE:
             g_sgd = g_sgd * inv_scale
     if HAS_GSAM:
         # GSAM: g - gsam_alpha * (g_sgd - k * g), the reference's op order (no fma: contraction is off).
         g = g - (g_sgd - tl.load(gsam_k_ptr) * g) * gsam_alpha
 
     d = g
-    if USE_MASK or TRACK_GROUPS:
+    if RULE:  # a group rule in place of the alpha reweighting
+        d, in_a, in_b = _ruled(g, g_sgd, eps, rule_bound, rule_in_sam, rule_in_sgd, rule_out_sam, rule_out_sgd, RULE)
+        if TRACK_GROUPS:
+            _count_groups(in_a | in_b, in_b, offs, pid, keep, n_valid, stats_ptr, BLOCK)
+    elif USE_MASK or TRACK_GROUPS:
         same_sign, smaller = _group_masks(g, g_sgd, eps)
         if USE_MASK:
             d = tl.where(same_sign & smaller, g * alpha, g)
@@ -341,10 +376,16 @@ def _reweight_kernel(
     n_valid,
     alpha,
     eps,
+    rule_bound,
+    rule_in_sam,
+    rule_in_sgd,
+    rule_out_sam,
+    rule_out_sgd,
     BLOCK: tl.constexpr,
     USE_MASK: tl.constexpr,
     TRACK_GROUPS: tl.constexpr,
     HAS_INV_SCALE: tl.constexpr,
+    RULE: tl.constexpr = 0,
 ):
     """update_'s unscaling and reweighting alone, in place on g; a skipped step reads and writes nothing (and
     counts nothing). Without the mask, g is written only to unscale it."""
@@ -356,7 +397,14 @@ def _reweight_kernel(
     if HAS_INV_SCALE:
         inv_scale = tl.load(inv_scale_ptr)
         g = g * inv_scale
-    if USE_MASK or TRACK_GROUPS:
+    if RULE:
+        g_sgd = tl.load(g_sgd_ptr + offs, mask=step).to(tl.float32)
+        if HAS_INV_SCALE:
+            g_sgd = g_sgd * inv_scale
+        g, in_a, in_b = _ruled(g, g_sgd, eps, rule_bound, rule_in_sam, rule_in_sgd, rule_out_sam, rule_out_sgd, RULE)
+        if TRACK_GROUPS:
+            _count_groups(in_a | in_b, in_b, offs, pid, keep, n_valid, stats_ptr, BLOCK)
+    elif USE_MASK or TRACK_GROUPS:
         g_sgd = tl.load(g_sgd_ptr + offs, mask=step).to(tl.float32)
         if HAS_INV_SCALE:
             g_sgd = g_sgd * inv_scale
@@ -365,7 +413,7 @@ def _reweight_kernel(
             g = tl.where(same_sign & smaller, g * alpha, g)
         if TRACK_GROUPS:
             _count_groups(same_sign, smaller, offs, pid, keep, n_valid, stats_ptr, BLOCK)
-    if USE_MASK or HAS_INV_SCALE:
+    if USE_MASK or HAS_INV_SCALE or RULE:
         tl.store(g_ptr + offs, g.to(g_ptr.dtype.element_ty), mask=step)
 
 
@@ -426,6 +474,16 @@ def _average_args(avg_hyper: Optional[AverageHyper]) -> tuple[float, float, floa
         return 0.0, 0.0, 0.0, 0.0
     h = avg_hyper
     return float(h.dir_g), float(h.dir_avg), float(h.keep), float(h.take)
+
+
+def _rule_args(rule: Optional[GroupRule]) -> tuple[tuple[float, ...], int]:
+    """((bound, in_sam, in_sgd, out_sam, out_sgd) as runtime fp32 kernel arguments, the region bits as the ``RULE``
+    constexpr); without a rule, unused values and ``RULE=0`` (the kernels compile as they do without the switch)."""
+    if rule is None:
+        return (1.0, 1.0, 0.0, 1.0, 0.0), 0
+    return (float(rule.bound), float(rule.in_sam), float(rule.in_sgd), float(rule.out_sam), float(rule.out_sgd)), int(
+        rule.regions
+    )
 
 
 # --------------------------------------------------------------------------- the contract ops
@@ -574,12 +632,15 @@ def update_(
     avg: Optional[Tensor] = None,
     avg_hyper: Optional[AverageHyper] = None,
     gsam_k: Optional[Tensor] = None,
+    rule: Optional[GroupRule] = None,
 ) -> None:
     n_valid = checks.update_args(
         DTYPES, w, g_sam, g_sgd, buf, scale, skip, e, stats, n_valid, inv_scale, avg, avg_hyper, gsam_k
     )
+    checks.group_rule(rule)
     _on_runnable_device(w)
     dir_g, dir_avg, avg_keep, avg_take = _average_args(avg_hyper)
+    rule_scalars, rule_regions = _rule_args(rule)
     n = w.numel()
     if n == 0:
         return
@@ -614,17 +675,19 @@ def update_(
         avg_keep,
         avg_take,
         float(hyper.gsam_alpha),
+        *rule_scalars,
         BLOCK=block,
         ADAPTIVE=e is not None,
         HAS_MOMENTUM=has_momentum,
         NESTEROV=bool(hyper.nesterov) and has_momentum,
         FIRST_MOMENTUM_STEP=bool(first_momentum_step) and has_momentum,
-        USE_MASK=float(hyper.alpha) != 1.0,
+        USE_MASK=float(hyper.alpha) != 1.0 and rule is None,  # a rule replaces the alpha reweighting
         TRACK_GROUPS=stats is not None,
         ZERO_GRADS=bool(zero_grads),
         HAS_INV_SCALE=inv_scale is not None,
         HAS_AVG=avg is not None,
         HAS_GSAM=gsam_k is not None,
+        **({"RULE": rule_regions} if rule_regions else {}),
     )
 
 
@@ -675,13 +738,16 @@ def reweight_(
     stats: Optional[Tensor] = None,
     n_valid: Optional[int] = None,
     inv_scale: Optional[Tensor] = None,
+    rule: Optional[GroupRule] = None,
 ) -> None:
     n_valid = checks.reweight_args(DTYPES, g_sam, g_sgd, skip, stats, n_valid, inv_scale)
+    checks.group_rule(rule)
     _on_runnable_device(g_sam)
     n = g_sam.numel()
-    use_mask = float(alpha) != 1.0
-    if n == 0 or not (use_mask or stats is not None or inv_scale is not None):
-        return  # alpha 1, nothing to unscale or count: g_sam is already the result
+    use_mask = float(alpha) != 1.0 and rule is None
+    rule_scalars, rule_regions = _rule_args(rule)
+    if n == 0 or not (use_mask or stats is not None or inv_scale is not None or rule is not None):
+        return  # alpha 1, no rule, nothing to unscale or count: g_sam is already the result
     block, num_warps, grid = _config(n, g_sam.device, _GPU_BLOCK)
     _launch(
         _reweight_kernel,
@@ -697,8 +763,10 @@ def reweight_(
         n_valid,
         float(alpha),
         float(eps),
+        *rule_scalars,
         BLOCK=block,
         USE_MASK=use_mask,
         TRACK_GROUPS=stats is not None,
         HAS_INV_SCALE=inv_scale is not None,
+        **({"RULE": rule_regions} if rule_regions else {}),
     )

@@ -1,4 +1,5 @@
-"""Checks of an optimizer ``state_dict`` before it is loaded (docs/design.md, "Bad input").
+"""The optimizer's ``state_dict``: checked before it is loaded (docs/design.md, "Bad input"), and SANER's
+per-parameter state merged with a base optimizer's (docs/design.md, "Base optimizers").
 
 torch's ``Optimizer.load_state_dict`` checks the number of groups and of parameters per group, then replaces
 the state; it does not compare a state tensor's shape with its parameter's, so momentum saved from another
@@ -9,7 +10,7 @@ loaded, so a refused checkpoint leaves the optimizer exactly as it was.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Iterable, Optional
 
 from torch import Tensor
 
@@ -65,3 +66,26 @@ def _check_state_tensor(gi: int, pi: int, p: Tensor, key: str, value) -> None:
             f"the checkpoint's {key!r} for {where} has shape {tuple(value.shape)}: the checkpoint was saved from "
             "another model (or another parameter order). Nothing was loaded."
         )
+
+
+def merged_state_dict(own: dict, base: Optional[dict]) -> dict:
+    """SANER's state_dict with the base optimizer's per-parameter state added (both index parameters in the
+    order of the param groups they share; their keys do not overlap); ``own`` itself without a base state."""
+    if base is None:
+        return own
+    state = {i: dict(entry) for i, entry in own["state"].items()}
+    for i, entry in base["state"].items():
+        state.setdefault(i, {}).update(entry)
+    return {"state": state, "param_groups": own["param_groups"]}
+
+
+def split_state_dict(state_dict: dict, own_keys: Iterable[str]) -> tuple[dict, dict]:
+    """The inverse of ``merged_state_dict``: (SANER's state_dict, the base optimizer's)."""
+    own_keys = set(own_keys)
+    own = {i: {k: v for k, v in e.items() if k in own_keys} for i, e in state_dict["state"].items()}
+    base = {i: {k: v for k, v in e.items() if k not in own_keys} for i, e in state_dict["state"].items()}
+    groups = state_dict["param_groups"]
+    return (
+        {"state": {i: e for i, e in own.items() if e}, "param_groups": groups},
+        {"state": {i: e for i, e in base.items() if e}, "param_groups": groups},
+    )
