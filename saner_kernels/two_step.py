@@ -202,14 +202,17 @@ def update_bucket(
     zero_grads: bool,
     inv_scale: Optional[Tensor],
     gsam_k: Optional[Tensor],
+    direction: Optional[Tensor] = None,
 ) -> None:
-    """The fused SGD-momentum update of one bucket: restore, reweight, weight decay, momentum, step."""
+    """The fused SGD-momentum update of one bucket: restore, reweight, weight decay, momentum, step. With
+    ``direction`` (a flat buffer), the update in its "direction" setting instead: ``w`` restored and the
+    reweighted gradient written there (``reweight_into_grad``)."""
     group, bucket, backend = entry
-    hyper = UpdateHyper.from_group(group)
-    has_momentum = hyper.momentum != 0
+    hyper = UpdateHyper.from_group(group) if direction is None else _direction_hyper(group)
+    has_momentum = direction is None and hyper.momentum != 0
     momentum_key = MOMENTUM if has_momentum else None
     momentum_started = buckets.started(bucket, momentum_key)
-    buf = buckets.flat_state(bucket, MOMENTUM) if has_momentum else None
+    buf = buckets.flat_state(bucket, MOMENTUM) if has_momentum else direction
     avg_key = variants.average_key(group)
     avg_started = buckets.started(bucket, avg_key)
     avg = buckets.flat_state(bucket, avg_key) if avg_key is not None else None
@@ -223,7 +226,9 @@ def update_bucket(
     bucket_runs = runs(bucket, flags)
     for run in bucket_runs:
         m_started, a_started = run.flag
-        first_momentum_step = has_momentum and (not m_started if momentum_split else not any(momentum_started))
+        first_momentum_step = direction is not None or (
+            has_momentum and (not m_started if momentum_split else not any(momentum_started))
+        )
         optional = _optional_switches(group, gsam_k)
         if avg is not None:
             optional.update(avg=part(avg, run), avg_hyper=variants.average_hyper(group, a_started))
@@ -262,37 +267,20 @@ def reweight_into_grad(
     ``update_`` with the "direction" hyperparameters (docs/design.md, "Base optimizers"): lr 0, momentum 1
     and a fresh buffer make the buffer the direction ``d`` and leave ``w`` restored. The buffer is a scratch
     one, copied into the gradient buffer (kernels take their tensors as non-aliasing)."""
-    group, bucket, backend = entry
+    bucket = entry.bucket
     direction = bucket.scratch()
-    hyper = _direction_hyper(group)
-    avg_key = variants.average_key(group)
-    avg_started = buckets.started(bucket, avg_key)
-    avg = buckets.flat_state(bucket, avg_key) if avg_key is not None else None
-    e = bucket.flat_e if group["adaptive"] else None
-    bucket_runs = runs(bucket, avg_started)
-    for run in bucket_runs:
-        optional = _optional_switches(group, gsam_k)
-        if avg is not None:
-            optional.update(avg=part(avg, run), avg_hyper=variants.average_hyper(group, run.flag))
-        backend.update_(
-            part(bucket.flat_param, run),
-            part(bucket.flat_grad, run),
-            part(bucket.flat_g_sgd, run),
-            part(direction, run),
-            scale,
-            skip,
-            hyper,
-            e=part(e, run),
-            first_momentum_step=True,
-            zero_grads=False,
-            stats=stats,
-            n_valid=bucket.n_valid if len(bucket_runs) == 1 else run.hi - run.lo,
-            inv_scale=inv_scale,
-            **optional,
-        )
+    update_bucket(
+        entry,
+        buckets,
+        scale=scale,
+        skip=skip,
+        stats=stats,
+        zero_grads=False,
+        inv_scale=inv_scale,
+        gsam_k=gsam_k,
+        direction=direction,
+    )
     bucket.flat_grad.copy_(torch.where(skip != 0, bucket.flat_grad, direction))
-    if not all(avg_started):
-        commit_first_state(buckets, bucket, skip, (avg_key,))
 
 
 def _optional_switches(group: dict, gsam_k: Optional[Tensor]) -> dict:
