@@ -79,16 +79,18 @@ def test_alpha_per_epoch_is_the_authors_schedule(tmp_path):
     assert alphas == pytest.approx([1 - 0.5 / 3, 1 - 1 / 3, 0.5, 0.5], abs=1e-12)
 
 
-def test_samwo_group_b_ablation_records_groups_per_layer_kind(tmp_path):
-    train(tmp_path, "--optimizer", "samwo", "--group", "B", "--epochs", "1")
-    (last,) = history(tmp_path, "samwo-grB")
-    log = [json.loads(line) for line in open(tmp_path / "samwo-grB" / "log.jsonl")]
-    assert log[0]["group"] == "B" and log[0]["optimizer"] == "samwo"
+@pytest.mark.parametrize("optimizer,group", [("samwo", "B"), ("samonly", "A")])
+def test_ablation_records_groups_per_layer_kind(tmp_path, optimizer, group):
+    name = f"{optimizer}-gr{group}"
+    train(tmp_path, "--optimizer", optimizer, "--group", group, "--epochs", "1")
+    (last,) = history(tmp_path, name)
+    log = [json.loads(line) for line in open(tmp_path / name / "log.jsonl")]
+    assert log[0]["group"] == group and log[0]["optimizer"] == optimizer
     for kind in ("conv", "linear", "batchnorm"):
         fractions = [last[f"group_{g}_{kind}"] for g in "abc"]
         assert all(0.0 <= f <= 1.0 for f in fractions) and sum(fractions) == pytest.approx(1.0)
     assert 0.0 <= last["noisy_fit_acc"] <= 1.0 and 0.0 <= last["train_clean_acc"] <= 1.0
-    assert table_rows(tmp_path) == ["samwo-grB"]
+    assert table_rows(tmp_path) == [name]
 
 
 def test_compare_with_the_ablation_shares_the_start_and_plots_each_run(tmp_path, recorded_starts, legends):
@@ -101,6 +103,8 @@ def test_compare_with_the_ablation_shares_the_start_and_plots_each_run(tmp_path,
     assert all(labels == names for labels in legends["curves.png"][:3])  # test, noisy-fit, clean-fit
     assert all(labels == ["sam", "samwo-grB"] for labels in legends["groups.png"])  # SGD has no groups
     assert len(legends["groups.png"]) == 9  # Groups A, B, C x conv, linear, batchnorm
+    # the ablation changes the step: from the same start, SAM and SGD-GrB part after one epoch
+    assert history(tmp_path, "sam")[0]["train_loss"] != history(tmp_path, "samwo-grB")[0]["train_loss"]
     # the group is a setting of the ablation only: sgd and sam resume without it
     assert load_checkpoint(str(tmp_path / "sam" / "checkpoint.pt"))["config"]["group"] == ""
 
