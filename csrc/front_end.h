@@ -3,6 +3,7 @@
 // wrappers check the same first (saner_kernels/ops/checks.py); these keep a direct torch.ops call memory-safe.
 #pragma once
 
+#include <cmath>
 #include <optional>
 
 #include <ATen/ATen.h>
@@ -66,6 +67,18 @@ inline void check_inv_scale(const std::optional<at::Tensor>& inv_scale, const at
 // gsam_k: GSAM's coefficient, typed like scale (fp32; fp64 for fp64 buckets).
 inline void check_gsam_k(const std::optional<at::Tensor>& gsam_k, const at::Tensor& like) {
   if (gsam_k.has_value()) check_device_scalar(*gsam_k, like, "gsam_k", true);
+}
+
+// A group rule's flat fields (ops.GroupRule): a non-empty set of the 5 region bits, finite bound and coefficients.
+inline void check_rule(bool has_rule, int64_t regions, double bound, double in_sam, double in_sgd, double out_sam,
+                       double out_sgd) {
+  if (!has_rule) return;
+  TORCH_CHECK(regions > 0 && regions < 32, "saner_kernels: rule_regions must be a non-empty set of region bits "
+              "(C=1, Z=2, B=4, E=8, A=16), got ", regions);
+  TORCH_CHECK(std::isfinite(bound), "saner_kernels: rule_bound must be finite, got ", bound);
+  TORCH_CHECK(std::isfinite(in_sam) && std::isfinite(in_sgd) && std::isfinite(out_sam) && std::isfinite(out_sgd),
+              "saner_kernels: the rule's coefficients must be finite, got in_sam=", in_sam, " in_sgd=", in_sgd,
+              " out_sam=", out_sam, " out_sgd=", out_sgd);
 }
 
 inline void check_stats(const std::optional<at::Tensor>& stats, const at::Tensor& like) {

@@ -30,17 +30,21 @@ void perturb_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const
 void update_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&,
                  const at::Tensor&, double, double, double, double, double, double, bool, const OptTensor&, bool, bool,
                  const OptTensor&, std::optional<int64_t>, const OptTensor&, const OptTensor&, double, double, double,
-                 double, const OptTensor&, double) {}
+                 double, const OptTensor&, double, bool, int64_t, double, double, double, double, double) {}
 void restore_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
                   const OptTensor&, double, double) {}
 void reweight_meta(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, const OptTensor&,
-                   std::optional<int64_t>, const OptTensor&) {}
+                   std::optional<int64_t>, const OptTensor&, bool, int64_t, double, double, double, double, double) {}
 
 }  // namespace
 }  // namespace saner_kernels
 
 // The averaging variants pass avg with the direction's coefficients (d = dir_g * g + dir_avg * avg) and, to
-// update_, the commit's (avg <- avg_keep * avg + avg_take * g_sgd); GSAM passes gsam_k and gsam_alpha.
+// update_, the commit's (avg <- avg_keep * avg + avg_take * g_sgd); GSAM passes gsam_k and gsam_alpha. A group
+// rule (ops.GroupRule) reaches update_ and reweight_ as its fields flat, after has_rule=True.
+#define RULE_ARGS                                                                                             \
+  "bool has_rule=False, int rule_regions=0, float rule_bound=1.0, float rule_in_sam=1.0, float rule_in_sgd=0.0, " \
+  "float rule_out_sam=1.0, float rule_out_sgd=0.0"
 TORCH_LIBRARY(saner_kernels, m) {
   m.def("grad_sq_norm(Tensor grad, Tensor? w=None, *, Tensor? avg=None, float dir_g=1.0, float dir_avg=0.0) -> Tensor");
   m.def("perturb_(Tensor(a!) w, Tensor grad, Tensor scale, Tensor skip, *, Tensor(b!)? e=None, "
@@ -50,12 +54,12 @@ TORCH_LIBRARY(saner_kernels, m) {
       "float lr, float momentum, float dampening, float weight_decay, float alpha, float eps, bool nesterov, "
       "Tensor? e=None, bool first_momentum_step=False, bool zero_grads=False, Tensor(e!)? stats=None, "
       "int? n_valid=None, Tensor? inv_scale=None, Tensor(f!)? avg=None, float dir_g=1.0, float dir_avg=0.0, "
-      "float avg_keep=0.0, float avg_take=1.0, Tensor? gsam_k=None, float gsam_alpha=0.0) -> ()");
+      "float avg_keep=0.0, float avg_take=1.0, Tensor? gsam_k=None, float gsam_alpha=0.0, " RULE_ARGS ") -> ()");
   m.def("restore_(Tensor(a!) w, Tensor scale, Tensor skip, *, Tensor? g_sgd=None, Tensor? e=None, "
         "Tensor? avg=None, float dir_g=1.0, float dir_avg=0.0) -> ()");
   m.def("gsam_dot_norm(Tensor g_sgd, Tensor g_sam, Tensor? w=None) -> Tensor");
   m.def("reweight_(Tensor(a!) g_sam, Tensor g_sgd, Tensor skip, *, float alpha, float eps, Tensor(b!)? stats=None, "
-        "int? n_valid=None, Tensor? inv_scale=None) -> ()");
+        "int? n_valid=None, Tensor? inv_scale=None, " RULE_ARGS ") -> ()");
 }
 
 TORCH_LIBRARY_IMPL(saner_kernels, Meta, m) {

@@ -24,6 +24,8 @@ from contract_cases import (
     EPS,
     LARGE,
     LENGTHS,
+    RULE_SWITCHES,
+    RULES,
     SMALL,
     SWITCHES,
     VARIANT_SWITCHES,
@@ -34,13 +36,14 @@ from contract_cases import (
     make_bucket_tensors,
     no_skip,
     pairwise,
+    rule_edges,
     run_step,
     scale_for,
     tolerances,
 )
 
 from saner_kernels.ops import reference, resolve_backend
-from saner_kernels.ops.hyper import UpdateHyper
+from saner_kernels.ops.hyper import GroupRule, UpdateHyper
 
 ALL_DTYPES = DTYPES + (torch.float64,)
 # (backend name, device, test id, marks, the storage dtypes it takes: the matrix holds only these pairs)
@@ -439,3 +442,62 @@ def test_reweight(backend, n, dtype, alpha, track_groups):
     x = clone_all(t)
     backend.ops.reweight_(x["g_sam"], x["g"], torch.ones((), device=backend.device), alpha, EPS)
     assert torch.equal(x["g_sam"], t["g_sam"]), "a skipped reweight_ wrote"
+
+
+# --------------------------------------------------------------------------- the group rule
+@pytest.mark.parametrize(*pairwise(n=SMALL, switches=RULE_SWITCHES))
+def test_step_group_rule(backend, n, dtype, switches):
+    """A group rule (ops.GroupRule) in place of the alpha reweighting, every region and its boundaries hit: r == 0,
+    r == bound exactly, NaN (0 / 0) and infinite ratios (``contract_cases.rule_edges``); after GSAM's decomposition
+    and the unscaling; counts A as r >= bound, B as 0 < r < bound."""
+    t = rule_edges(backend.tensors(n, dtype, seed=19, pad=n // 8), switches["rule"], seed=n)
+    got = run_step(backend.ops, t, **switches)
+    assert_same_step(got, run_step(backend.expected(dtype), t, **switches), dtype)
+
+
+@pytest.mark.parametrize(*pairwise(n=SMALL, rule=sorted(RULES), track_groups=(False, True)))
+def test_reweight_group_rule(backend, n, dtype, rule, track_groups):
+    """reweight_ with a group rule: the rule's gradient in place, counts as update_ makes them; unscaled too."""
+    t = rule_edges(backend.tensors(n, dtype, seed=89, pad=n // 8), rule, seed=n)
+    inv = torch.tensor(0.5, device=backend.device)
+    results = []
+    for ops in (backend.ops, backend.expected(dtype)):
+        x = clone_all(t)
+        stats = torch.zeros(3, dtype=torch.int64, device=backend.device) if track_groups else None
+        kw = dict(stats=stats, n_valid=n - n // 8, rule=RULES[rule])
+        ops.reweight_(x["g_sam"], x["g"], no_skip(backend.device), 0.5, EPS, **kw)
+        ops.reweight_(x["g_sam"], x["g"], no_skip(backend.device), 0.5, EPS, inv_scale=inv, rule=RULES[rule])
+        results.append((x, stats))
+    (got, got_stats), (exp, exp_stats) = results
+    assert torch.equal(got["g"], t["g"]), "g_sgd was written"
+    torch.testing.assert_close(got["g_sam"].float().cpu(), exp["g_sam"].float().cpu(), **tolerances(dtype))
+    if track_groups:
+        assert torch.equal(got_stats.cpu(), exp_stats.cpu())
+    x = clone_all(t)
+    backend.ops.reweight_(x["g_sam"], x["g"], torch.ones((), device=backend.device), 0.5, EPS, rule=RULES[rule])
+    assert torch.equal(x["g_sam"], t["g_sam"]), "a skipped reweight_ wrote"
+
+
+def test_group_rule_edges_hit_every_region():
+    """The rule tests' inputs hold every region of every rule's bound, its exact boundaries and NaN ratios."""
+    for name, rule in RULES.items():
+        t = rule_edges(make_bucket_tensors(1003, torch.float32, seed=19, pad=125), name, seed=1003)
+        r = t["g_sam"] / (t["g"] + EPS)
+        b = torch.tensor(rule.bound, dtype=torch.float32)
+        for region, mask in dict(C=r < 0, Z=r == 0, B=(r > 0) & (r < b), E=r == b, A=r > b, nan=r.isnan()).items():
+            assert mask[:-125].any(), (name, region)
+
+
+def test_group_rule_is_checked(backend):
+    """A rule that is not a GroupRule, an empty region set, a non-finite bound: refused before anything is written."""
+    t = backend.tensors(256, torch.float32)
+    s, skip = scale_for(t), no_skip(backend.device)
+    before = clone_all(t)
+    hyper = UpdateHyper(lr=0.1, momentum=0.9)
+    for rule in ("A", GroupRule(regions=0), GroupRule(regions=4, bound=float("nan"))):
+        with pytest.raises((TypeError, ValueError), match="rule|GroupRule"):
+            backend.ops.update_(t["w"], t["g_sam"], t["g_sgd"], t["buf"], s, skip, hyper, rule=rule)
+        with pytest.raises((TypeError, ValueError), match="rule|GroupRule"):
+            backend.ops.reweight_(t["g_sam"], t["g_sgd"], skip, 0.5, EPS, rule=rule)
+    for name in before:
+        assert torch.equal(t[name], before[name]), f"{name} changed by a rejected call"

@@ -23,12 +23,17 @@ from contract_cases import (
     AVERAGES,
     DTYPES,
     EPS,
+    RULE_SWITCHES,
+    RULES,
     SWITCHES,
     VARIANT_SWITCHES,
     assert_same_step,
     clone_all,
     make_bucket_tensors,
     no_skip,
+    pairwise,
+    rule_edges,
+    rule_switch_id,
     run_step,
     scale_for,
     switch_id,
@@ -517,6 +522,18 @@ def _opcheck_all(device: str, adaptive: bool) -> None:
         (t["g_sam"].clone(), t["g"], skip),
         dict(alpha=0.5, eps=EPS, stats=torch.zeros(3, dtype=torch.int64, device=device), n_valid=1000),
     )
+    # a group rule's flat fields
+    rule = dict(has_rule=True, rule_regions=28, rule_bound=0.5, rule_in_sam=0.0, rule_in_sgd=1.0)
+    opcheck(
+        ops.reweight_.default,
+        (t["g_sam"].clone(), t["g"], skip),
+        dict(alpha=1.0, eps=EPS, stats=torch.zeros(3, dtype=torch.int64, device=device), n_valid=1000, **rule),
+    )
+    opcheck(
+        ops.update_.default,
+        (t["w"].clone(), t["g_sam"].clone(), t["g"].clone(), t["buf"].clone(), s, skip),
+        dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=5e-4, alpha=1.0, eps=EPS, nesterov=False, e=e, **rule),
+    )
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
@@ -530,3 +547,70 @@ def test_opcheck_cuda(adaptive):
     ok, reason = native.is_available(torch.device("cuda"))
     assert ok, reason
     _opcheck_all("cuda", adaptive)
+
+
+# ------------------------------------------------------------------------------------ the group rule
+def _reweight_twice_ruled(ops, t: dict, rule: str) -> dict:
+    """reweight_ with a rule counted over a prefix, then again unscaling: g_sam and the counts."""
+    x = clone_all(t)
+    stats = torch.zeros(3, dtype=torch.int64)
+    kw = dict(rule=RULES[rule])
+    ops.reweight_(x["g_sam"], x["g"], no_skip(CPU), 0.5, EPS, stats=stats, n_valid=t["g"].numel() - 100, **kw)
+    ops.reweight_(x["g_sam"], x["g"], no_skip(CPU), 0.5, EPS, inv_scale=torch.tensor(2.0**-3), **kw)
+    return dict(g_sam=x["g_sam"], g=x["g"], stats=stats)
+
+
+@pytest.mark.parametrize("isa", ["avx2"], indirect=True)
+@pytest.mark.parametrize(*pairwise(switches=RULE_SWITCHES))
+def test_avx2_fp32_group_rule_bit_identical_to_reference(cpp, isa, switches):
+    """A group rule (every region, r == 0 and r == bound exactly, NaN ratios): every fp32 result exact on AVX2."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip(f"torch runs its {torch.backends.cpu.get_cpu_capability()} kernels here")
+    t = rule_edges(make_bucket_tensors(65536 + 77, torch.float32, seed=13, pad=100), switches["rule"], seed=5)
+    for update_skip in (None, torch.ones(())):
+        got = run_step(cpp, t, update_skip=update_skip, **switches)
+        exp = run_step(reference, t, update_skip=update_skip, **switches)
+        for name in exp:
+            assert torch.equal(got[name], exp[name]), name
+    got, exp = _reweight_twice_ruled(native, t, switches["rule"]), _reweight_twice_ruled(reference, t, switches["rule"])
+    for name in exp:
+        assert torch.equal(got[name], exp[name]), ("reweight_", name)
+
+
+@pytest.mark.parametrize("isa", ["default"], indirect=True)
+@pytest.mark.parametrize("switches", RULE_SWITCHES[::37], ids=rule_switch_id)
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
+def test_baseline_isa_build_group_rule(cpp, isa, dtype, switches):
+    """The baseline-ISA update and reweight_ loops with a group rule."""
+    n = 65536 + 77
+    t = rule_edges(make_bucket_tensors(n, dtype, seed=17, pad=n // 8), switches["rule"], seed=7)
+    got, exp = run_step(cpp, t, **switches), run_step(reference, t, **switches)
+    got_rw, exp_rw = (
+        _reweight_twice_ruled(native, t, switches["rule"]),
+        _reweight_twice_ruled(reference, t, switches["rule"]),
+    )
+    if dtype == torch.float64:  # compared in fp64: unfused fmadds differ from torch's by an fp64 ulp
+        for name in exp:
+            torch.testing.assert_close(got[name], exp[name], rtol=1e-12, atol=1e-12, equal_nan=True)
+        for name in exp_rw:
+            torch.testing.assert_close(got_rw[name], exp_rw[name], rtol=0, atol=0, equal_nan=True)
+    else:
+        assert_same_step(got, exp, dtype)
+        assert_same_step(got_rw, exp_rw, dtype)
+
+
+def test_cpp_front_end_checks_the_rule(cpp):
+    """The C++ op itself refuses an empty region set and a non-finite bound or coefficient."""
+    t = make_bucket_tensors(256, torch.float32, seed=3)
+    skip, ops = no_skip(CPU), torch.ops.saner_kernels
+    before = clone_all(t)
+    for what, kw in {
+        "rule_regions must be": dict(rule_regions=0),
+        "rule_regions must be ": dict(rule_regions=32),
+        "rule_bound must be finite": dict(rule_regions=4, rule_bound=float("inf")),
+        "coefficients must be finite": dict(rule_regions=4, rule_out_sgd=float("nan")),
+    }.items():
+        with pytest.raises(RuntimeError, match=re.escape(what.strip())):
+            ops.reweight_(t["g_sam"], t["g"], skip, alpha=0.5, eps=EPS, has_rule=True, **kw)
+    for name in before:
+        assert torch.equal(t[name], before[name]), f"{name} changed by a rejected call"

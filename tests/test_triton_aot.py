@@ -63,6 +63,12 @@ MAIN_PERTURB = dict(ADAPTIVE=False, COPY_G=False, HAS_AVG=False)  # first_step(z
 # gsam_dot_norm: 8 bytes/elem (12 adaptive); reweight_ with the mask: 12 (g, g_sgd; g).
 SAM_FAMILY = (dict(HAS_AVG=True, HAS_GSAM=False), dict(HAS_AVG=False, HAS_GSAM=True), dict(HAS_AVG=True, HAS_GSAM=True))
 MAIN_REWEIGHT = dict(USE_MASK=True, TRACK_GROUPS=False, HAS_INV_SCALE=False)
+# A group rule (RULE: its region bits, ops.GroupRule; 0 is no rule, every variant above) replaces the alpha mask
+# (USE_MASK off): the same tensor accesses as the mask (the update loads g_sgd, the reweighting loads g_sgd and
+# writes g), no extra scalar load (its bound and coefficients are kernel arguments), no fma (two products and a
+# sum each side, the ratio by div_rn). The authors' rules: A (FriendlySANER/VASSOSANER group A; SAMWO A), AB
+# (SAMWO AB: B|E|A), C, and C|Z|E (every comparison kind).
+RULES = (16, 28, 1, 1 | 2 | 8)
 
 
 # --------------------------------------------------------------------------- variants
@@ -106,6 +112,21 @@ def _reweight_switches():
             yield dict(USE_MASK=use_mask, TRACK_GROUPS=track, HAS_INV_SCALE=unscale)
 
 
+def _rule_update_switches():
+    """The rule on the main updates (with and without GradScaler, zeroing or not), counted or not, plain and with
+    GSAM (its decomposition comes before the ratio) or adaptive (g_sgd then loaded for the rule alone)."""
+    for main, rule, track in itertools.product(MAIN_UPDATES, RULES, (False, True)):
+        yield dict(main, USE_MASK=False, TRACK_GROUPS=track, RULE=rule)
+    for rule in RULES:
+        yield dict(MAIN_UPDATE, USE_MASK=False, HAS_GSAM=True, RULE=rule)
+        yield dict(MAIN_UPDATE, USE_MASK=False, ADAPTIVE=True, TRACK_GROUPS=True, RULE=rule)
+
+
+def _rule_reweight_switches():
+    for rule, track, unscale in itertools.product(RULES, (False, True), (False, True)):
+        yield dict(USE_MASK=False, TRACK_GROUPS=track, HAS_INV_SCALE=unscale, RULE=rule)
+
+
 def variants(arch: int):
     """(kernel name, storage type, constexprs, n): every variant at a long bucket, plus short/int64 ones.
 
@@ -140,6 +161,13 @@ def variants(arch: int):
         for switches in _update_switches(inv_scale=True):
             if (arch == 90 and dtype == "fp32") or switches in MAIN_UPDATES:
                 yield "update", dtype, switches, N_LONG
+        # The group rule: every rule variant in fp32, the main ones in the 16-bit dtypes.
+        for switches in _rule_update_switches():
+            if dtype == "fp32" or (switches["RULE"] == 16 and not switches["ADAPTIVE"] and not switches["HAS_GSAM"]):
+                yield "update", dtype, switches, N_LONG
+        for switches in _rule_reweight_switches():
+            if dtype == "fp32" or switches["RULE"] == 16:
+                yield "reweight", dtype, switches, N_LONG
     yield "norm_sum", "fp32", {}, N_LONG
     for main in (MAIN_UPDATE, MAIN_UPDATE_UNSCALED):
         yield "update", "fp32", main, N_SHORT
@@ -153,6 +181,8 @@ def variants(arch: int):
     yield "dot_norm", "fp32", dict(ADAPTIVE=False), N_HUGE
     yield "reweight", "fp32", MAIN_REWEIGHT, N_SHORT
     yield "reweight", "fp32", dict(USE_MASK=True, TRACK_GROUPS=True, HAS_INV_SCALE=True), N_HUGE
+    yield "update", "fp32", dict(MAIN_UPDATE_UNSCALED, USE_MASK=False, TRACK_GROUPS=True, RULE=28), N_HUGE
+    yield "reweight", "fp32", dict(USE_MASK=False, TRACK_GROUPS=True, HAS_INV_SCALE=True, RULE=28), N_HUGE
 
 
 def expected_accesses(kernel: str, c: dict) -> tuple[int, int, int, int, int]:
@@ -170,13 +200,15 @@ def expected_accesses(kernel: str, c: dict) -> tuple[int, int, int, int, int]:
         return 2 + c["HAS_AVG"], 1, 2, 0, 0  # w, e or g_sgd (avg); w; skip and scale (scale 0: nothing to restore)
     if kernel == "reweight":
         # g (g_sgd for the mask or the counts); g when reweighted or unscaled; skip (inv_scale); A/B/C counts
-        loads = 1 + (c["USE_MASK"] or c["TRACK_GROUPS"])
-        stores = int(c["USE_MASK"] or c["HAS_INV_SCALE"])
+        loads = 1 + (c["USE_MASK"] or c["TRACK_GROUPS"] or bool(c.get("RULE")))
+        stores = int(c["USE_MASK"] or c["HAS_INV_SCALE"] or bool(c.get("RULE")))
         return loads, stores, 1 + c["HAS_INV_SCALE"], 0, 3 * c["TRACK_GROUPS"]
     # g, w, (g_sgd: for e, the groups, the average's commit, GSAM) (e) (buf) (avg); adaptive SAM without groups
     # never reads g_sgd. w is also loaded and stored on a skipped step (the restore), under its own bound: the
     # same accesses.
-    needs_g_sgd = not c["ADAPTIVE"] or c["USE_MASK"] or c["TRACK_GROUPS"] or c["HAS_AVG"] or c["HAS_GSAM"]
+    needs_g_sgd = (
+        not c["ADAPTIVE"] or c["USE_MASK"] or c["TRACK_GROUPS"] or c["HAS_AVG"] or c["HAS_GSAM"] or bool(c.get("RULE"))
+    )
     loads = 2 + needs_g_sgd + c["ADAPTIVE"] + (c["HAS_MOMENTUM"] and not c["FIRST_MOMENTUM_STEP"]) + c["HAS_AVG"]
     stores = 1 + c["HAS_MOMENTUM"] + 2 * c["ZERO_GRADS"] + c["HAS_AVG"]  # w (buf) (zero g, zero g_sgd) (avg)
     # skip, scale (the recomputed e; e is +0 when it is 0) (inv_scale) (gsam_k)
@@ -240,6 +272,8 @@ def _compile_one(job: tuple) -> dict:
     else:
         block, num_warps, _ = T._config(n, torch.device("cuda"), gpu_block)
     constexprs = dict(switches, BLOCK=block)
+    if "RULE" in fn.arg_names:  # no rule unless the variant has one (the wrappers leave the default)
+        constexprs.setdefault("RULE", 0)
     int_type = "i32" if n < 2**31 else "i64"
     signature, attrs = {}, {}
     for i, arg in enumerate(fn.arg_names):
@@ -276,6 +310,7 @@ def _compile_one(job: tuple) -> dict:
         atomics=len(re.findall(ATOMIC, ptx)),
         local=len(re.findall(r"\b(ld|st)\.local", ptx)),
         fma=len(re.findall(r"\bfma\.rn\.f32", ptx)),
+        div_rn=len(re.findall(r"\bdiv\.rn\.f32", ptx)),
         **_resource_usage(compiled.asm["cubin"]),
     )
 
@@ -316,7 +351,9 @@ def _vectors_per_thread(r: dict) -> int:
 
 
 def _describe(r: dict) -> str:
-    on = [k for k, v in r["switches"].items() if v is True]
+    on = [k for k, v in r["switches"].items() if v is True] + [f"RULE={r['switches']['RULE']}"] * (
+        "RULE" in r["switches"]
+    )
     return f"sm_{r['arch']} {r['kernel']:8s} {r['dtype']} n={r['n']} [{' '.join(on) or '-'}]"
 
 
@@ -419,6 +456,41 @@ def test_sam_family_main_variants_ptx(records):
             f"{loads} vector loads / {stores} vector stores per element vector, {r['fma']} fma"
         )
     assert seen == set(want)
+
+
+def test_group_rule_variants_ptx(records):
+    """The group rule's main fp32 variants: the update 4 vector loads and 4 vector stores per element vector, as
+    without a rule (32 bytes/elem with zero_grads: the rule moves no extra bytes), reweight_ 2 and 1 (12); the ratio
+    is one correctly rounded division (div.rn.f32) per element. Prints the counts and registers next to the same
+    variant without a rule."""
+    by_key = {
+        (r["arch"], r["kernel"], r["dtype"], r["n"], json.dumps(r["switches"], sort_keys=True)): r for r in records
+    }
+    seen = 0
+    for r in records:
+        c = r["switches"]
+        if r["dtype"] != "fp32" or r["n"] != N_LONG or not c.get("RULE"):
+            continue
+        per_tensor = _vectors_per_thread(r)
+        if r["kernel"] == "update" and dict(c, USE_MASK=True, TRACK_GROUPS=False, RULE=0) in (
+            dict(MAIN_UPDATE, RULE=0),
+            dict(MAIN_UPDATE_UNSCALED, RULE=0),
+        ):
+            assert (r["ld_vec"], r["st_vec"]) == (4 * per_tensor, 4 * per_tensor), _describe(r)
+        elif r["kernel"] == "reweight" and not c["HAS_INV_SCALE"]:
+            assert (r["ld_vec"], r["st_vec"]) == (2 * per_tensor, per_tensor), _describe(r)
+        else:
+            continue
+        seen += 1
+        assert r["div_rn"] == r["block"] // (r["num_warps"] * 32), _describe(r)
+        plain = {k: v for k, v in c.items() if k != "RULE"}
+        plain["USE_MASK"] = True
+        twin = by_key.get((r["arch"], r["kernel"], r["dtype"], r["n"], json.dumps(plain, sort_keys=True)))
+        print(
+            f"{_describe(r)}: {r['REG']} registers (the alpha mask: {twin['REG'] if twin else '-'}), "
+            f"{r['ld_vec'] // per_tensor} vector loads / {r['st_vec'] // per_tensor} vector stores per element vector"
+        )
+    assert seen >= 2 * len(TARGETS) * len(RULES)
 
 
 def test_explicit_fma_only(records):

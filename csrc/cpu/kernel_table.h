@@ -19,6 +19,19 @@ struct Direction {
   double dir_g = 1.0, dir_avg = 0.0;
 };
 
+// A group rule (ops.GroupRule, docs/design.md "Kernel contract"): the ratio r = g_sam / (g_sgd + eps) by
+// division, its regions against bound (bits: C r < 0, Z r == 0, B 0 < r < b, E r == b, A r > b; NaN in none); in
+// the regions of `regions` d = in_sam * g_sam + in_sgd * g_sgd, elsewhere out_sam * g_sam + out_sgd * g_sgd. Read
+// only by the kernels instantiated with kRuleMask.
+struct Rule {
+  int regions = 0;
+  double bound = 1.0, in_sam = 1.0, in_sgd = 0.0, out_sam = 1.0, out_sgd = 0.0;
+};
+
+// What the update and the reweighting do with the two gradients: nothing (g_sam as it is), SANER's Group B mask
+// (reweighted by alpha, or only counted), or a group rule.
+enum MaskMode : int { kNoMask = 0, kAlphaMask = 1, kRuleMask = 2 };
+
 template <typename T>
 struct UpdateArgs {
   T* w;
@@ -35,6 +48,7 @@ struct UpdateArgs {
   bool nesterov, first_momentum_step;
   bool unscale;
   bool perturbed;  // scale != 0 (docs/design.md "Kernel contract": e is +0 otherwise)
+  Rule rule;       // the kRuleMask kernels' rule
 };
 
 template <typename T>
@@ -43,6 +57,7 @@ struct ReweightArgs {
   const T* g_sgd;
   double alpha, eps, inv_scale;
   bool unscale;
+  Rule rule;  // the kRuled kernel's rule
 };
 
 // Group A and B counts of a range; C is the caller's: valid elements - A - B.
@@ -58,6 +73,7 @@ enum ReweightVariant : int {
   kUnscaleOnly = 0,  // alpha == 1, not counted: unscale g_sam
   kCountOnly = 1,    // alpha == 1, counted, nothing to unscale: read g_sam and g_sgd, write nothing
   kReweight = 2,     // alpha != 1, or counted and unscaled: the mask, written back
+  kRuled = 3,        // a group rule: its regions, written back
 };
 
 template <typename T>
@@ -69,12 +85,12 @@ struct KernelTable {
   // index: [adaptive (e stored)][copy (g_sgd <- grad)][average direction]
   void (*perturb[2][2][2])(T* w, const T* grad, T* g_sgd, T* e, const Direction<T>& dir, double scale,
                            int64_t begin, int64_t end);
-  // index: [adaptive][has_buf][mask][average][gsam]; counts may be nullptr (a range past n_valid)
-  void (*update[2][2][2][2][2])(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts);
+  // index: [adaptive][has_buf][MaskMode][average][gsam]; counts may be nullptr (a range past n_valid)
+  void (*update[2][2][3][2][2])(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts);
   // index: RestoreSource (src is g_sgd, e, or g_sgd with dir.avg)
   void (*restore[3])(T* w, const T* src, const Direction<T>& dir, double scale, int64_t begin, int64_t end);
   // index: ReweightVariant
-  void (*reweight[3])(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts);
+  void (*reweight[4])(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts);
 };
 
 // One table per ISA build. avx2_table exists when setup.py built the AVX2 library (x86-64 only).

@@ -371,12 +371,58 @@ inline L reweighted(const L& g_sam, const L& g_sgd, const L& eps, const L& alpha
   return use_alpha ? lane_select(in_b, g_sam * alpha, g_sam) : g_sam;
 }
 
+// A group rule's lanes (kRuleMask): the bound, the coefficients, and which regions are in, as lane masks.
+template <typename L>
+struct RuleLanes {
+  using C = typename LaneValue<L>::type;
+  using Mask = decltype(L() < L());  // bool, or a Vectorized lane mask
+  L bound, in_sam, in_sgd, out_sam, out_sgd;
+  Mask in_c, in_z, in_b, in_e, in_a;
+
+  static Mask has(int regions, int bit) { return L(C((regions & bit) != 0)) != L(C(0)); }
+  explicit RuleLanes(const Rule& r)
+      : bound(static_cast<C>(r.bound)),
+        in_sam(static_cast<C>(r.in_sam)),
+        in_sgd(static_cast<C>(r.in_sgd)),
+        out_sam(static_cast<C>(r.out_sam)),
+        out_sgd(static_cast<C>(r.out_sgd)),
+        in_c(has(r.regions, 1)),
+        in_z(has(r.regions, 2)),
+        in_b(has(r.regions, 4)),
+        in_e(has(r.regions, 8)),
+        in_a(has(r.regions, 16)) {}
+};
+
+// Without a rule (kNoMask, kAlphaMask) the math holds none: the kernels are today's.
+struct NoRule {
+  explicit NoRule(const Rule&) {}
+};
+template <typename L, int kMask>
+using RuleOf = std::conditional_t<kMask == kRuleMask, RuleLanes<L>, NoRule>;
+
+// The update's gradient under a group rule (reference._ruled): r = g_sam / (g_sgd + eps) by division, its regions
+// against the bound (every comparison with a NaN ratio is false: in no region); two products and a sum on each
+// side. Counts A as r >= bound, B as 0 < r < bound.
+template <typename L>
+inline L ruled(const L& g_sam, const L& g_sgd, const L& eps, const RuleLanes<L>& rule, GroupTally<L>& tally) {
+  using C = typename LaneValue<L>::type;
+  using Mask = typename RuleLanes<L>::Mask;
+  const L zero(C(0));
+  const L r = g_sam / (g_sgd + eps);
+  const Mask in_b = (r > zero) & (r < rule.bound);
+  const Mask inside = ((r < zero) & rule.in_c) | ((r == zero) & rule.in_z) | (in_b & rule.in_b) |
+                      ((r == rule.bound) & rule.in_e) | ((r > rule.bound) & rule.in_a);
+  tally.add(r >= rule.bound, in_b);
+  return lane_select(inside, g_sam * rule.in_sam + g_sgd * rule.in_sgd, g_sam * rule.out_sam + g_sgd * rule.out_sgd);
+}
+
 // The update of one lane set. w, buf and avg are read and written; buf is not read in a first momentum step.
-template <typename L, bool kAdaptive, bool kHasBuf, bool kMask, bool kAvg, bool kGsam>
+template <typename L, bool kAdaptive, bool kHasBuf, int kMask, bool kAvg, bool kGsam>
 struct UpdateMath {
   using C = typename LaneValue<L>::type;
   L s, neg_lr, mu, one_minus_damp, wd, alpha, eps, inv, dir_g, dir_avg, avg_keep, avg_take, gsam_k, gsam_alpha;
   bool use_alpha, use_wd, nesterov, first, unscale, perturbed;
+  RuleOf<L, kMask> rule;
 
   template <typename T>
   explicit UpdateMath(const UpdateArgs<T>& a)
@@ -399,7 +445,8 @@ struct UpdateMath {
         nesterov(a.nesterov),
         first(a.first_momentum_step),
         unscale(a.unscale),
-        perturbed(a.perturbed) {}
+        perturbed(a.perturbed),
+        rule(a.rule) {}
 
   bool reads_buf() const { return kHasBuf && !first; }
 
@@ -421,7 +468,11 @@ struct UpdateMath {
     }
     if constexpr (kGsam) g_sam = g_sam - (g_sgd - gsam_k * g_sam) * gsam_alpha;  // t = k*g; u = g_sgd - t; g - u*alpha
     L d = g_sam;
-    if constexpr (kMask) d = reweighted(g_sam, g_sgd, eps, alpha, use_alpha, tally);
+    if constexpr (kMask == kRuleMask) {
+      d = ruled(g_sam, g_sgd, eps, rule, tally);
+    } else if constexpr (kMask == kAlphaMask) {
+      d = reweighted(g_sam, g_sgd, eps, alpha, use_alpha, tally);
+    }
     // torch.add(x, y, alpha=a) steps, as torch.optim.SGD and the reference do them: ATen evaluates
     // x + a*y as vec::fmadd(y, a, x), one fused rounding with AVX2, and so does lane_fmadd here.
     if (use_wd) d = lane_fmadd(wv, wd, d);  // d.add(w, alpha=wd)
@@ -436,11 +487,12 @@ struct UpdateMath {
 };
 
 // The reweighting of one lane set: the new g_sam.
-template <typename L, bool kMask>
+template <typename L, int kMask>
 struct ReweightMath {
   using C = typename LaneValue<L>::type;
   L alpha, eps, inv;
   bool use_alpha, unscale;
+  RuleOf<L, kMask> rule;
 
   template <typename T>
   explicit ReweightMath(const ReweightArgs<T>& a)
@@ -448,21 +500,23 @@ struct ReweightMath {
         eps(static_cast<C>(a.eps)),
         inv(static_cast<C>(a.inv_scale)),
         use_alpha(a.alpha != 1.0),
-        unscale(a.unscale) {}
+        unscale(a.unscale),
+        rule(a.rule) {}
 
   L operator()(L g_sam, L g_sgd, GroupTally<L>& tally) const {
     if (unscale) {
       g_sam = g_sam * inv;
-      if constexpr (kMask) g_sgd = g_sgd * inv;
+      if constexpr (kMask != kNoMask) g_sgd = g_sgd * inv;
     }
-    if constexpr (kMask) return reweighted(g_sam, g_sgd, eps, alpha, use_alpha, tally);
+    if constexpr (kMask == kRuleMask) return ruled(g_sam, g_sgd, eps, rule, tally);
+    if constexpr (kMask == kAlphaMask) return reweighted(g_sam, g_sgd, eps, alpha, use_alpha, tally);
     return g_sam;
   }
 };
 
 #if !defined(CPU_CAPABILITY_AVX2)
 // Baseline build: plain loops over scalar lanes, which the compiler vectorizes itself.
-template <typename T, bool kAdaptive, bool kHasBuf, bool kMask, bool kAvg, bool kGsam>
+template <typename T, bool kAdaptive, bool kHasBuf, int kMask, bool kAvg, bool kGsam>
 void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts) {
   using C = compute_t<T>;
   const UpdateMath<C, kAdaptive, kHasBuf, kMask, kAvg, kGsam> math(a);
@@ -487,7 +541,7 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCount
   if constexpr (kMask) tally.flush(counts);
 }
 
-template <typename T, bool kMask, bool kWrite>
+template <typename T, int kMask, bool kWrite>
 void reweight_range(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts) {
   using C = compute_t<T>;
   const ReweightMath<C, kMask> math(a);
@@ -503,7 +557,7 @@ void reweight_range(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupC
 #else
 // AVX2 build: Vectorized lanes; blocks of kCountBlock elements between count flushes; the tail through the same
 // vector code on zero-padded copies (the padding is never counted in A or B: g_sam == 0 is Group C).
-template <typename T, bool kAdaptive, bool kHasBuf, bool kMask, bool kAvg, bool kGsam>
+template <typename T, bool kAdaptive, bool kHasBuf, int kMask, bool kAvg, bool kGsam>
 void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts) {
   using C = compute_t<T>;
   using Vec = Vectorized<C>;
@@ -542,7 +596,7 @@ void update_range(const UpdateArgs<T>& a, int64_t begin, int64_t end, GroupCount
   }
 }
 
-template <typename T, bool kMask, bool kWrite>
+template <typename T, int kMask, bool kWrite>
 void reweight_range(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupCounts* counts) {
   using C = compute_t<T>;
   using Vec = Vectorized<C>;
@@ -570,10 +624,11 @@ void reweight_range(const ReweightArgs<T>& a, int64_t begin, int64_t end, GroupC
 #endif
 
 // The function table the front end dispatches through, one per ISA build of this header.
+// I = (((adaptive * 2 + has_buf) * 3 + mask) * 2 + average) * 2 + gsam
 template <typename T, size_t... I>
 void fill_update(KernelTable<T>& t, std::index_sequence<I...>) {
-  ((t.update[(I >> 4) & 1][(I >> 3) & 1][(I >> 2) & 1][(I >> 1) & 1][I & 1] =
-        &update_range<T, (I & 16) != 0, (I & 8) != 0, (I & 4) != 0, (I & 2) != 0, (I & 1) != 0>),
+  ((t.update[I / 24][(I / 12) % 2][(I / 4) % 3][(I / 2) % 2][I % 2] =
+        &update_range<T, (I / 24) != 0, (I / 12) % 2 != 0, int((I / 4) % 3), (I / 2) % 2 != 0, I % 2 != 0>),
    ...);
 }
 
@@ -593,13 +648,14 @@ KernelTable<T> make_table() {
   t.dot_norm[0] = &dot_norm_range<T, false>;
   t.dot_norm[1] = &dot_norm_range<T, true>;
   fill_perturb<T>(t, std::make_index_sequence<8>{});
-  fill_update<T>(t, std::make_index_sequence<32>{});
+  fill_update<T>(t, std::make_index_sequence<48>{});
   t.restore[kFromGsgd] = &restore_range<T, kFromGsgd>;
   t.restore[kFromE] = &restore_range<T, kFromE>;
   t.restore[kFromDirection] = &restore_range<T, kFromDirection>;
-  t.reweight[kUnscaleOnly] = &reweight_range<T, false, true>;
-  t.reweight[kCountOnly] = &reweight_range<T, true, false>;
-  t.reweight[kReweight] = &reweight_range<T, true, true>;
+  t.reweight[kUnscaleOnly] = &reweight_range<T, kNoMask, true>;
+  t.reweight[kCountOnly] = &reweight_range<T, kAlphaMask, false>;
+  t.reweight[kReweight] = &reweight_range<T, kAlphaMask, true>;
+  t.reweight[kRuled] = &reweight_range<T, kRuleMask, true>;
   return t;
 }
 

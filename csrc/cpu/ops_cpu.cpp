@@ -38,6 +38,22 @@ void for_each_task(int64_t n, const F& f) {
   });
 }
 
+// The flat rule arguments as the kernels take them, checked (front_end.h).
+Rule checked_rule(bool has_rule, int64_t regions, double bound, double in_sam, double in_sgd, double out_sam,
+                  double out_sgd) {
+  check_rule(has_rule, regions, bound, in_sam, in_sgd, out_sam, out_sgd);
+  Rule r;
+  if (has_rule) {
+    r.regions = static_cast<int>(regions);
+    r.bound = bound;
+    r.in_sam = in_sam;
+    r.in_sgd = in_sgd;
+    r.out_sam = out_sam;
+    r.out_sgd = out_sgd;
+  }
+  return r;
+}
+
 template <typename T>
 void zero_range(T* p, int64_t begin, int64_t end) {
   std::memset(p + begin, 0, static_cast<size_t>(end - begin) * sizeof(T));  // +0.0 in every dtype
@@ -177,14 +193,17 @@ void update_cpu(const at::Tensor& w, const at::Tensor& g_sam, const at::Tensor& 
                 const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
                 const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& avg, double dir_g,
                 double dir_avg, double avg_keep, double avg_take, const std::optional<at::Tensor>& gsam_k,
-                double gsam_alpha) {
+                double gsam_alpha, bool has_rule, int64_t rule_regions, double rule_bound, double rule_in_sam,
+                double rule_in_sgd, double rule_out_sam, double rule_out_sgd) {
   check_update_args(w, g_sam, g_sgd, buf, scale, skip, e, stats, inv_scale, avg, gsam_k);
+  const Rule rule = checked_rule(has_rule, rule_regions, rule_bound, rule_in_sam, rule_in_sgd, rule_out_sam,
+                                 rule_out_sgd);
   const int64_t n = w.numel();
   const int64_t valid = valid_count(n_valid, n);
   if (n == 0) return;
   const bool skipped = read_skip(skip);
   const double s = read_scale(scale);
-  const bool mask = alpha != 1.0 || stats.has_value();
+  const int mask = has_rule ? kRuleMask : (alpha != 1.0 || stats.has_value()) ? kAlphaMask : kNoMask;
   std::vector<GroupCounts> counts(static_cast<size_t>((n + kGrain - 1) / kGrain));
   dispatch_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -221,6 +240,7 @@ void update_cpu(const at::Tensor& w, const at::Tensor& g_sam, const at::Tensor& 
     a.gsam_alpha = gsam_alpha;
     a.nesterov = nesterov;
     a.first_momentum_step = first_momentum_step;
+    a.rule = rule;
     const auto fn =
         kernels<T>().update[e.has_value()][buf.has_value()][mask][avg.has_value()][gsam_k.has_value()];
     for_each_task(n, [&](int64_t t, int64_t b, int64_t en) {
@@ -250,14 +270,17 @@ void restore_cpu(const at::Tensor& w, const at::Tensor& scale, const at::Tensor&
 
 void reweight_cpu(const at::Tensor& g_sam, const at::Tensor& g_sgd, const at::Tensor& skip, double alpha,
                   double eps, const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
-                  const std::optional<at::Tensor>& inv_scale) {
+                  const std::optional<at::Tensor>& inv_scale, bool has_rule, int64_t rule_regions, double rule_bound,
+                  double rule_in_sam, double rule_in_sgd, double rule_out_sam, double rule_out_sgd) {
   check_reweight_args(g_sam, g_sgd, skip, stats, inv_scale);
+  const Rule rule = checked_rule(has_rule, rule_regions, rule_bound, rule_in_sam, rule_in_sgd, rule_out_sam,
+                                 rule_out_sgd);
   const int64_t n = g_sam.numel();
   const int64_t valid = valid_count(n_valid, n);
-  const bool mask = alpha != 1.0 || stats.has_value();
-  const bool write = alpha != 1.0 || inv_scale.has_value();  // else g_sam is written back as it is
+  const bool mask = has_rule || alpha != 1.0 || stats.has_value();
+  const bool write = has_rule || alpha != 1.0 || inv_scale.has_value();  // else g_sam is written back as it is
   if (n == 0 || read_skip(skip) || !(mask || write)) return;
-  const ReweightVariant variant = !mask ? kUnscaleOnly : !write ? kCountOnly : kReweight;
+  const ReweightVariant variant = has_rule ? kRuled : !mask ? kUnscaleOnly : !write ? kCountOnly : kReweight;
   std::vector<GroupCounts> counts(static_cast<size_t>((n + kGrain - 1) / kGrain));
   dispatch_dtype(g_sam.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -268,6 +291,7 @@ void reweight_cpu(const at::Tensor& g_sam, const at::Tensor& g_sgd, const at::Te
     a.eps = eps;
     a.unscale = inv_scale.has_value();
     a.inv_scale = read_scalar(inv_scale, 1.0);
+    a.rule = rule;
     const auto fn = kernels<T>().reweight[variant];
     for_each_task(n, [&](int64_t t, int64_t b, int64_t en) {
       counted_ranges(valid, b, en, &counts[t], [&](int64_t r0, int64_t r1, GroupCounts* c) { fn(a, r0, r1, c); });

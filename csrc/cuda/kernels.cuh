@@ -405,6 +405,35 @@ struct ZeroBothOp {
 };
 
 // ------------------------------------------------------------------------------------ update_
+// What update_ and reweight_ do with the two gradients: nothing, SANER's Group B mask (by alpha, or only counted),
+// or a group rule (kRuleMask: the kernels read RuleScalars; the others never do).
+enum MaskMode : int { kNoMask = 0, kAlphaMask = 1, kRuleMask = 2 };
+
+// A group rule (ops.GroupRule, docs/design.md "Kernel contract"): region bits C 1 (r < 0), Z 2 (r == 0),
+// B 4 (0 < r < bound), E 8 (r == bound), A 16 (r > bound); the coefficients in and out of them.
+template <typename C>
+struct RuleScalars {
+  C bound, in_sam, in_sgd, out_sam, out_sgd;
+  int regions;
+};
+
+__device__ __forceinline__ float div_rn_(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double div_rn_(double a, double b) { return __ddiv_rn(a, b); }
+
+// The gradient under a group rule, into d; returns the group: 0 = A (r >= bound), 1 = B (0 < r < bound), 2 = C.
+// r = g / (g_sgd + eps) by IEEE division, as the reference divides; a NaN ratio is in no region (every
+// comparison false) and in Group C. Two products and a sum on each side (no contraction: -fmad=false).
+template <typename C>
+__device__ __forceinline__ int ruled(C g, C g_sgd, C eps, const RuleScalars<C>& r, C& d) {
+  const C ratio = div_rn_(g, g_sgd + eps);
+  const bool in_b = ratio > C(0) && ratio < r.bound;
+  const bool inside = ((r.regions & 1) && ratio < C(0)) || ((r.regions & 2) && ratio == C(0)) ||
+                      ((r.regions & 4) && in_b) || ((r.regions & 8) && ratio == r.bound) ||
+                      ((r.regions & 16) && ratio > r.bound);
+  d = inside ? g * r.in_sam + g_sgd * r.in_sgd : g * r.out_sam + g_sgd * r.out_sgd;
+  return ratio >= r.bound ? 0 : in_b ? 1 : 2;
+}
+
 template <typename C>
 struct UpdateScalars {
   C neg_lr, mu, one_minus_damp, wd, alpha, eps;
@@ -412,6 +441,7 @@ struct UpdateScalars {
   C avg_keep, avg_take;  // the average's commit (kAvg)
   C gsam_alpha;          // GSAM (kGsam)
   bool use_alpha, use_wd, nesterov;
+  RuleScalars<C> rule;  // a group rule (kMask == kRuleMask); last, so the other fields keep their offsets
 };
 
 // The scalars read from device memory at the start of an update.
@@ -464,7 +494,7 @@ struct GroupTally {
 
 // One element; returns the group: 0 = A, 1 = B, 2 = C. buf is read only in a running momentum step; avg (kAvg)
 // is read for e and the commit, and holds the committed average on return.
-template <typename C, bool kAdaptive, bool kHasBuf, bool kFirst, bool kMask, bool kAvg, bool kGsam>
+template <typename C, bool kAdaptive, bool kHasBuf, bool kFirst, int kMask, bool kAvg, bool kGsam>
 __device__ __forceinline__ int update_one(C& w, C g_sam, C g_sgd, C& buf, C e, C& avg, const DeviceScalars<C>& q,
                                           const UpdateScalars<C>& p) {
   C ev = C(0);  // e from the stored (scaled) g_sgd (and avg)
@@ -485,7 +515,9 @@ __device__ __forceinline__ int update_one(C& w, C g_sam, C g_sgd, C& buf, C e, C
   if constexpr (kGsam) g_sam = g_sam - (g_sgd - q.k * g_sam) * p.gsam_alpha;  // t = k*g; u = g_sgd - t; g - u*alpha
   C d = g_sam;
   int group = 2;
-  if constexpr (kMask) {
+  if constexpr (kMask == kRuleMask) {
+    group = ruled(g_sam, g_sgd, p.eps, p.rule, d);
+  } else if constexpr (kMask == kAlphaMask) {
     group = group_of(g_sam, g_sgd, p.eps);
     if (p.use_alpha && group == 1) d = g_sam * p.alpha;
   }
@@ -500,10 +532,10 @@ __device__ __forceinline__ int update_one(C& w, C g_sam, C g_sgd, C& buf, C e, C
   return group;
 }
 
-template <typename T, bool kAdaptive, bool kHasBuf, bool kFirst, bool kMask, bool kAvg, bool kGsam>
+template <typename T, bool kAdaptive, bool kHasBuf, bool kFirst, int kMask, bool kAvg, bool kGsam>
 struct UpdateOp {
   // g_sgd for e = g_sgd * s, the mask, the average's commit or GSAM
-  static constexpr bool kReadGsgd = !kAdaptive || kMask || kAvg || kGsam;
+  static constexpr bool kReadGsgd = !kAdaptive || kMask != kNoMask || kAvg || kGsam;
   static constexpr bool kReadBuf = kHasBuf && !kFirst;
   using C = acc_t<T>;
   T* __restrict__ w;
@@ -558,7 +590,7 @@ struct UpdateOp {
   }
 };
 
-template <typename T, bool kVec, bool kAdaptive, bool kHasBuf, bool kFirst, bool kMask, bool kAvg, bool kGsam>
+template <typename T, bool kVec, bool kAdaptive, bool kHasBuf, bool kFirst, int kMask, bool kAvg, bool kGsam>
 __global__ void __launch_bounds__(kThreads)
     update_kernel(T* __restrict__ w, T* __restrict__ g_sam, T* __restrict__ g_sgd, T* __restrict__ buf,
                   const T* __restrict__ e, T* __restrict__ avg, ScaleArg scale, const float* __restrict__ skip,
@@ -595,7 +627,7 @@ __global__ void __launch_bounds__(kThreads)
 // Unscale g_sam and g_sgd (inv_scale given), g_sam <- alpha * g_sam on Group B; counts as update_. Skipped:
 // nothing written. kMask: alpha != 1 or counted (reads g_sgd); kWrite: alpha != 1 or unscaled (writes g_sam).
 // The host launches nothing when neither holds.
-template <typename T, bool kMask, bool kWrite>
+template <typename T, int kMask, bool kWrite>
 struct ReweightOp {
   using C = acc_t<T>;
   T* __restrict__ g_sam;
@@ -603,6 +635,7 @@ struct ReweightOp {
   C alpha, eps, inv;
   bool use_alpha, unscale;
   GroupTally tally;
+  const RuleScalars<C>& rule;  // the kernel's parameter (kRuleMask)
 
   template <typename A>
   struct Loaded {
@@ -626,7 +659,9 @@ struct ReweightOp {
         xs = xs * inv;
       }
       C d = x;
-      if constexpr (kMask) {
+      if constexpr (kMask == kRuleMask) {
+        tally.add(ruled(x, xs, eps, rule, d), i * A::N + k);
+      } else if constexpr (kMask == kAlphaMask) {
         const int group = group_of(x, xs, eps);
         if (use_alpha && group == 1) d = x * alpha;
         tally.add(group, i * A::N + k);
@@ -637,16 +672,17 @@ struct ReweightOp {
   }
 };
 
-template <typename T, bool kVec, bool kMask, bool kWrite>
+template <typename T, bool kVec, int kMask, bool kWrite>
 __global__ void __launch_bounds__(kThreads)
     reweight_kernel(T* __restrict__ g_sam, const T* __restrict__ g_sgd, const float* __restrict__ skip,
                     const float* __restrict__ inv_scale, acc_t<T> alpha, acc_t<T> eps, bool use_alpha,
-                    unsigned long long* __restrict__ stats, int64_t n_valid, int64_t n_items, int64_t n) {
+                    unsigned long long* __restrict__ stats, int64_t n_valid, RuleScalars<acc_t<T>> rule,
+                    int64_t n_items, int64_t n) {
   if (skipped(skip)) return;
   using C = acc_t<T>;
   const bool unscale = inv_scale != nullptr;
-  ReweightOp<T, kMask, kWrite> op{
-      g_sam, g_sgd, alpha, eps, unscale ? static_cast<C>(*inv_scale) : C(1), use_alpha, unscale, GroupTally{n_valid}};
+  ReweightOp<T, kMask, kWrite> op{g_sam,  g_sgd,   alpha, eps, unscale ? static_cast<C>(*inv_scale) : C(1),
+                                  use_alpha, unscale, GroupTally{n_valid}, rule};
   for_each_item<T, kVec>(op, n_items, n);
   if (kMask && stats != nullptr) op.tally.add_to(stats);
 }

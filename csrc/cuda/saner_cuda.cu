@@ -33,6 +33,28 @@ void dispatch_bool(bool b, F&& f) {
   }
 }
 
+// Calls f(std::integral_constant<int, mode>{}) for the MaskMode mode.
+template <typename F>
+void dispatch_mask(int mode, F&& f) {
+  if (mode == kRuleMask) {
+    f(std::integral_constant<int, kRuleMask>{});
+  } else if (mode == kAlphaMask) {
+    f(std::integral_constant<int, kAlphaMask>{});
+  } else {
+    f(std::integral_constant<int, kNoMask>{});
+  }
+}
+
+// A checked group rule's fields as the kRuleMask kernels take them (unused zeros-and-ones without one).
+template <typename C>
+RuleScalars<C> rule_scalars(bool has_rule, int64_t regions, double bound, double in_sam, double in_sgd,
+                            double out_sam, double out_sgd) {
+  check_rule(has_rule, regions, bound, in_sam, in_sgd, out_sam, out_sgd);
+  if (!has_rule) return RuleScalars<C>{C(1), C(1), C(0), C(1), C(0), 0};
+  return RuleScalars<C>{static_cast<C>(bound),   static_cast<C>(in_sam),  static_cast<C>(in_sgd),
+                        static_cast<C>(out_sam), static_cast<C>(out_sgd), static_cast<int>(regions)};
+}
+
 // The grid of an elementwise kernel over n_items items: depends on n only.
 int64_t grid_for(int64_t n_items) {
   const int64_t per_block = static_cast<int64_t>(kThreads) * kUnroll;
@@ -185,14 +207,16 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g_sam, const at::Tensor&
                  const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
                  const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& avg, double dir_g,
                  double dir_avg, double avg_keep, double avg_take, const std::optional<at::Tensor>& gsam_k,
-                 double gsam_alpha) {
+                 double gsam_alpha, bool has_rule, int64_t rule_regions, double rule_bound, double rule_in_sam,
+                 double rule_in_sgd, double rule_out_sam, double rule_out_sgd) {
   check_update_args(w, g_sam, g_sgd, buf, scale, skip, e, stats, inv_scale, avg, gsam_k);
+  check_rule(has_rule, rule_regions, rule_bound, rule_in_sam, rule_in_sgd, rule_out_sam, rule_out_sgd);
   const int64_t n = w.numel();
   const int64_t valid = valid_count(n_valid, n);
   if (n == 0) return;
   c10::cuda::CUDAGuard guard(w.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const bool mask = alpha != 1.0 || stats.has_value();
+  const int mask = has_rule ? kRuleMask : (alpha != 1.0 || stats.has_value()) ? kAlphaMask : kNoMask;
   dispatch_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using C = acc_t<T>;
@@ -210,6 +234,7 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g_sam, const at::Tensor&
     p.use_alpha = alpha != 1.0;
     p.use_wd = weight_decay != 0.0;
     p.nesterov = nesterov;
+    p.rule = rule_scalars<C>(has_rule, rule_regions, rule_bound, rule_in_sam, rule_in_sgd, rule_out_sam, rule_out_sgd);
     T* wp = w.data_ptr<T>();
     T* gp = g_sam.data_ptr<T>();
     T* gsp = g_sgd.data_ptr<T>();
@@ -225,7 +250,7 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g_sam, const at::Tensor&
     dispatch_bool(vec, [&](auto kv) {
       dispatch_bool(e.has_value(), [&](auto ka) {
         dispatch_momentum(buf.has_value(), first_momentum_step, [&](auto kb, auto kf) {
-          dispatch_bool(mask, [&](auto km) {
+          dispatch_mask(mask, [&](auto km) {
             dispatch_bool(avg.has_value(), [&](auto kg) {
               dispatch_bool(gsam_k.has_value(), [&](auto kk) {
                 constexpr bool kVec = decltype(kv)::value;
@@ -277,13 +302,15 @@ void restore_cuda(const at::Tensor& w, const at::Tensor& scale, const at::Tensor
 
 void reweight_cuda(const at::Tensor& g_sam, const at::Tensor& g_sgd, const at::Tensor& skip, double alpha,
                    double eps, const std::optional<at::Tensor>& stats, std::optional<int64_t> n_valid,
-                   const std::optional<at::Tensor>& inv_scale) {
+                   const std::optional<at::Tensor>& inv_scale, bool has_rule, int64_t rule_regions, double rule_bound,
+                   double rule_in_sam, double rule_in_sgd, double rule_out_sam, double rule_out_sgd) {
   check_reweight_args(g_sam, g_sgd, skip, stats, inv_scale);
+  check_rule(has_rule, rule_regions, rule_bound, rule_in_sam, rule_in_sgd, rule_out_sam, rule_out_sgd);
   const int64_t n = g_sam.numel();
   const int64_t valid = valid_count(n_valid, n);
-  const bool mask = alpha != 1.0 || stats.has_value();
-  const bool write = alpha != 1.0 || inv_scale.has_value();  // else g_sam would be written back as it is
-  if (n == 0 || !(mask || write)) return;
+  const int mask = has_rule ? kRuleMask : (alpha != 1.0 || stats.has_value()) ? kAlphaMask : kNoMask;
+  const bool write = has_rule || alpha != 1.0 || inv_scale.has_value();  // else g_sam would be written back as it is
+  if (n == 0 || !(mask != kNoMask || write)) return;
   c10::cuda::CUDAGuard guard(g_sam.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_dtype(g_sam.scalar_type(), [&](auto tag) {
@@ -294,15 +321,19 @@ void reweight_cuda(const at::Tensor& g_sam, const at::Tensor& g_sgd, const at::T
     auto* sp = stats.has_value() ? reinterpret_cast<unsigned long long*>(stats->data_ptr<int64_t>()) : nullptr;
     const float* ip = inv_scale.has_value() ? inv_scale->const_data_ptr<float>() : nullptr;
     dispatch_bool(aligned16(gp) && aligned16(gsp), [&](auto kv) {
-      dispatch_bool(mask, [&](auto km) {
+      dispatch_mask(mask, [&](auto km) {
         dispatch_bool(write, [&](auto kw) {
           // decay_t: inside if constexpr, g++ sees the captured tags as references
-          constexpr bool kMask = std::decay_t<decltype(km)>::value, kWrite = std::decay_t<decltype(kw)>::value;
-          if constexpr (kMask || kWrite) {  // (false, false) returned above
+          constexpr int kMask = std::decay_t<decltype(km)>::value;
+          constexpr bool kWrite = std::decay_t<decltype(kw)>::value;
+          // (kNoMask, false) returned above; a rule always writes
+          if constexpr ((kMask != kNoMask || kWrite) && (kMask != kRuleMask || kWrite)) {
             constexpr bool kVec = std::decay_t<decltype(kv)>::value;
             launch_items<T, kVec>(&reweight_kernel<T, kVec, kMask, kWrite>, n, 0, stream, gp, gsp,
                                   skip.const_data_ptr<float>(), ip, static_cast<C>(alpha), static_cast<C>(eps),
-                                  alpha != 1.0, sp, valid);
+                                  alpha != 1.0, sp, valid,
+                                  rule_scalars<C>(has_rule, rule_regions, rule_bound, rule_in_sam, rule_in_sgd,
+                                                  rule_out_sam, rule_out_sgd));
           }
         });
       });

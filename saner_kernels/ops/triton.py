@@ -19,7 +19,8 @@ recomputed ``e`` of the update and the restore (one more tensor read), and the u
 GSAM's ``g <- g - gsam_alpha * (g_sgd - gsam_k * g)`` after the unscaling, before the Group B mask (one scalar
 load); ``RULE`` (the update and the reweighting), a group rule's region bits (``ops.GroupRule``, 0: none) in
 place of the alpha reweighting: the ratio by IEEE division (``tl.div_rn``), its regions against the runtime bound
-and the rule's four runtime coefficients (no tensor traffic: ``g_sgd`` is loaded as for the mask). lr, momentum, dampening, weight decay, alpha, eps and the average's and GSAM's coefficients are runtime
+and the rule's four runtime coefficients (no tensor traffic: ``g_sgd`` is loaded as for the mask). lr, momentum,
+dampening, weight decay, alpha, eps and the average's, GSAM's and the rule's coefficients are runtime
 fp32 arguments, so schedules never recompile. ``weight_decay == 0`` skips the decay term with a runtime branch
 (no ``0 * w``: an infinite weight stays infinite, -0 stays -0).
 
