@@ -351,9 +351,9 @@ def _vectors_per_thread(r: dict) -> int:
 
 
 def _describe(r: dict) -> str:
-    on = [k for k, v in r["switches"].items() if v is True] + [f"RULE={r['switches']['RULE']}"] * (
-        "RULE" in r["switches"]
-    )
+    on = [k for k, v in r["switches"].items() if v is True]
+    if r["switches"].get("RULE"):
+        on.append(f"RULE={r['switches']['RULE']}")
     return f"sm_{r['arch']} {r['kernel']:8s} {r['dtype']} n={r['n']} [{' '.join(on) or '-'}]"
 
 
