@@ -373,9 +373,10 @@ def test_alpha_scheduler():
     for _ in range(6):
         sched.step()
         seen.append(sched.get_alpha())
-    assert seen[0] == [1.0, 1.0]
-    assert seen[2] == pytest.approx([0.6, 0.8])
-    assert seen[4] == pytest.approx([0.2, 0.6]) and seen[6] == seen[4]
+    # each group towards its own target, epochs numbered from 1 (the authors' schedule)
+    assert seen[0] == pytest.approx([0.8, 0.9])
+    assert seen[1] == pytest.approx([0.6, 0.8])
+    assert seen[3] == pytest.approx([0.2, 0.6]) and seen[6] == seen[3]
     assert AlphaScheduler(SANER(model.parameters(), lr=0.1, alpha=0.3), k=0).get_alpha() == [0.3]
     with pytest.raises(ValueError, match="k"):
         AlphaScheduler(opt, k=-1)
