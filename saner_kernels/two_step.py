@@ -163,19 +163,12 @@ def second_step(
                 inv_scale=inv_scale,
                 fused_sgd=fused_sgd,
             )
-        elif fused_sgd:
-            update_bucket(
-                entry,
-                buckets,
-                scale=scale,
-                skip=skip,
-                stats=stats,
-                zero_grads=zero_grad,
-                inv_scale=inv_scale,
-                gsam_k=gsam_k,
-            )
         else:
-            reweight_into_grad(entry, buckets, scale=scale, skip=skip, stats=stats, inv_scale=inv_scale, gsam_k=gsam_k)
+            inputs = dict(scale=scale, skip=skip, stats=stats, inv_scale=inv_scale, gsam_k=gsam_k)
+            if fused_sgd:
+                update_bucket(entry, buckets, zero_grads=zero_grad, **inputs)
+            else:
+                reweight_into_grad(entry, buckets, **inputs)
         if zero_grad and fused_sgd:
             bucket.spare_is_zero = True  # the update zeroed both gradient buffers
     return list(counts.values())
@@ -269,17 +262,8 @@ def reweight_into_grad(
     one, copied into the gradient buffer (kernels take their tensors as non-aliasing)."""
     bucket = entry.bucket
     direction = bucket.scratch()
-    update_bucket(
-        entry,
-        buckets,
-        scale=scale,
-        skip=skip,
-        stats=stats,
-        zero_grads=False,
-        inv_scale=inv_scale,
-        gsam_k=gsam_k,
-        direction=direction,
-    )
+    inputs = dict(scale=scale, skip=skip, stats=stats, inv_scale=inv_scale, gsam_k=gsam_k)
+    update_bucket(entry, buckets, zero_grads=False, direction=direction, **inputs)
     bucket.flat_grad.copy_(torch.where(skip != 0, bucket.flat_grad, direction))
 
 

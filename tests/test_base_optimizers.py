@@ -236,33 +236,30 @@ def closure_both_passes(model, opt, batch):
     return closure
 
 
-@pytest.mark.parametrize("convention", ["auto", "both_passes"])
-def test_torch_convention_closure_equals_the_two_step_loop(convention):
+@pytest.mark.parametrize(
+    "convention, style",
+    [("auto", "torch"), ("both_passes", "torch"), ("auto", "davda54"), ("second_pass", "davda54")],
+)
+def test_closure_step_equals_the_two_step_loop(convention, style):
+    """torch's closure (zero_grad, forward, backward; the optimizer calls it at w and at w + e) and davda54's
+    (the first backward by the caller, the closure runs the second)."""
     model = fp64_model()
     twin_model = twin(model)
     data = batches("mlp", 5, dtype=torch.float64)
     kw = dict(lr=0.1, momentum=0.9, alpha=0.5, **SAM_KW)
     opt = SANER(model.parameters(), closure=convention, **kw)
-    losses = [opt.step(closure_both_passes(model, opt, batch)) for batch in data]
-    run_two_step(twin_model, SANER(twin_model.parameters(), **kw), data)
-    assert max_rel_err(model, twin_model) == 0.0
-    # the returned loss is the one at w, as torch.optim's closure steps return it
-    assert torch.isclose(losses[0], loss_fn(fp64_model(), data[0]))
-
-
-@pytest.mark.parametrize("convention", ["auto", "second_pass"])
-def test_davda54_convention_closure_equals_the_two_step_loop(convention):
-    model = fp64_model()
-    twin_model = twin(model)
-    data = batches("mlp", 5, dtype=torch.float64)
-    kw = dict(lr=0.1, momentum=0.9, alpha=0.5, **SAM_KW)
-    opt = SANER(model.parameters(), closure=convention, **kw)
+    losses = []
     for batch in data:
-        loss_fn(model, batch).backward()
-        opt.step(lambda batch=batch: loss_fn(model, batch).backward())
-        opt.zero_grad()
+        if style == "torch":
+            losses.append(opt.step(closure_both_passes(model, opt, batch)))
+        else:
+            loss_fn(model, batch).backward()
+            opt.step(lambda batch=batch: loss_fn(model, batch).backward())
+            opt.zero_grad()
     run_two_step(twin_model, SANER(twin_model.parameters(), **kw), data)
     assert max_rel_err(model, twin_model) == 0.0
+    if style == "torch":  # the returned loss is the one at w, as torch.optim's closure steps return it
+        assert torch.isclose(losses[0], loss_fn(fp64_model(), data[0]))
 
 
 def test_second_pass_convention_without_the_first_backward_is_refused():
