@@ -441,8 +441,16 @@ struct UpdateScalars {
   C avg_keep, avg_take;  // the average's commit (kAvg)
   C gsam_alpha;          // GSAM (kGsam)
   bool use_alpha, use_wd, nesterov;
-  RuleScalars<C> rule;  // a group rule (kMask == kRuleMask); last, so the other fields keep their offsets
 };
+
+// The kRuleMask update's scalars: the others' and the rule. The other kernels take UpdateScalars itself, so that
+// without a rule the kernels' parameters (and code) are what they were before the switch.
+template <typename C>
+struct RuledUpdateScalars : UpdateScalars<C> {
+  RuleScalars<C> rule;
+};
+template <typename C, int kMask>
+using UpdateParams = std::conditional_t<kMask == kRuleMask, RuledUpdateScalars<C>, UpdateScalars<C>>;
 
 // The scalars read from device memory at the start of an update.
 template <typename C>
@@ -496,7 +504,7 @@ struct GroupTally {
 // is read for e and the commit, and holds the committed average on return.
 template <typename C, bool kAdaptive, bool kHasBuf, bool kFirst, int kMask, bool kAvg, bool kGsam>
 __device__ __forceinline__ int update_one(C& w, C g_sam, C g_sgd, C& buf, C e, C& avg, const DeviceScalars<C>& q,
-                                          const UpdateScalars<C>& p) {
+                                          const UpdateParams<C, kMask>& p) {
   C ev = C(0);  // e from the stored (scaled) g_sgd (and avg)
   if (q.perturbed) {
     if constexpr (kAdaptive) {
@@ -545,7 +553,7 @@ struct UpdateOp {
   const T* __restrict__ e;
   T* __restrict__ avg;
   const DeviceScalars<C>& q;
-  const UpdateScalars<C>& p;  // the kernel's parameter itself: read where used, not copied into registers
+  const UpdateParams<C, kMask>& p;  // the kernel's parameter itself: read where used, not copied into registers
   bool zero_grads;
   GroupTally tally;
 
@@ -594,7 +602,7 @@ template <typename T, bool kVec, bool kAdaptive, bool kHasBuf, bool kFirst, int 
 __global__ void __launch_bounds__(kThreads)
     update_kernel(T* __restrict__ w, T* __restrict__ g_sam, T* __restrict__ g_sgd, T* __restrict__ buf,
                   const T* __restrict__ e, T* __restrict__ avg, ScaleArg scale, const float* __restrict__ skip,
-                  const float* __restrict__ inv_scale, ScaleArg gsam_k, UpdateScalars<acc_t<T>> p,
+                  const float* __restrict__ inv_scale, ScaleArg gsam_k, UpdateParams<acc_t<T>, kMask> p,
                   unsigned long long* __restrict__ stats, int64_t n_valid, bool zero_grads, int64_t n_items,
                   int64_t n) {
   using C = acc_t<T>;
@@ -627,6 +635,11 @@ __global__ void __launch_bounds__(kThreads)
 // Unscale g_sam and g_sgd (inv_scale given), g_sam <- alpha * g_sam on Group B; counts as update_. Skipped:
 // nothing written. kMask: alpha != 1 or counted (reads g_sgd); kWrite: alpha != 1 or unscaled (writes g_sam).
 // The host launches nothing when neither holds.
+// reweight_'s alpha parameter, or with a rule (which replaces the alpha reweighting) the rule in its place: the
+// kernels without a rule keep the parameters they had before the switch.
+template <typename C, int kMask>
+using ReweightAlpha = std::conditional_t<kMask == kRuleMask, RuleScalars<C>, C>;
+
 template <typename T, int kMask, bool kWrite>
 struct ReweightOp {
   using C = acc_t<T>;
@@ -635,7 +648,7 @@ struct ReweightOp {
   C alpha, eps, inv;
   bool use_alpha, unscale;
   GroupTally tally;
-  const RuleScalars<C>& rule;  // the kernel's parameter (kRuleMask)
+  const ReweightAlpha<C, kMask>& rule;  // the kernel's parameter: the rule (kRuleMask; alpha otherwise, unused)
 
   template <typename A>
   struct Loaded {
@@ -675,14 +688,16 @@ struct ReweightOp {
 template <typename T, bool kVec, int kMask, bool kWrite>
 __global__ void __launch_bounds__(kThreads)
     reweight_kernel(T* __restrict__ g_sam, const T* __restrict__ g_sgd, const float* __restrict__ skip,
-                    const float* __restrict__ inv_scale, acc_t<T> alpha, acc_t<T> eps, bool use_alpha,
-                    unsigned long long* __restrict__ stats, int64_t n_valid, RuleScalars<acc_t<T>> rule,
-                    int64_t n_items, int64_t n) {
+                    const float* __restrict__ inv_scale, ReweightAlpha<acc_t<T>, kMask> alpha, acc_t<T> eps,
+                    bool use_alpha, unsigned long long* __restrict__ stats, int64_t n_valid, int64_t n_items,
+                    int64_t n) {
   if (skipped(skip)) return;
   using C = acc_t<T>;
   const bool unscale = inv_scale != nullptr;
-  ReweightOp<T, kMask, kWrite> op{g_sam,  g_sgd,   alpha, eps, unscale ? static_cast<C>(*inv_scale) : C(1),
-                                  use_alpha, unscale, GroupTally{n_valid}, rule};
+  C a(1);  // alpha (unused with a rule)
+  if constexpr (kMask != kRuleMask) a = alpha;
+  ReweightOp<T, kMask, kWrite> op{g_sam,     g_sgd,   a, eps, unscale ? static_cast<C>(*inv_scale) : C(1),
+                                  use_alpha, unscale, GroupTally{n_valid}, alpha};
   for_each_item<T, kVec>(op, n_items, n);
   if (kMask && stats != nullptr) op.tally.add_to(stats);
 }

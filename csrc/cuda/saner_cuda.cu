@@ -220,7 +220,7 @@ void update_cuda(const at::Tensor& w, const at::Tensor& g_sam, const at::Tensor&
   dispatch_dtype(w.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using C = acc_t<T>;
-    UpdateScalars<C> p;
+    RuledUpdateScalars<C> p;  // passed whole to the kRuleMask kernels, as UpdateScalars<C> to the others
     p.neg_lr = static_cast<C>(-lr);
     p.mu = static_cast<C>(momentum);
     p.one_minus_damp = static_cast<C>(1.0 - dampening);  // (1 - tau) rounded once, as in Python
@@ -329,11 +329,16 @@ void reweight_cuda(const at::Tensor& g_sam, const at::Tensor& g_sgd, const at::T
           // (kNoMask, false) returned above; a rule always writes
           if constexpr ((kMask != kNoMask || kWrite) && (kMask != kRuleMask || kWrite)) {
             constexpr bool kVec = std::decay_t<decltype(kv)>::value;
+            ReweightAlpha<C, kMask> alpha_or_rule;  // the rule in alpha's place (kRuleMask)
+            if constexpr (kMask == kRuleMask) {
+              alpha_or_rule = rule_scalars<C>(has_rule, rule_regions, rule_bound, rule_in_sam, rule_in_sgd,
+                                              rule_out_sam, rule_out_sgd);
+            } else {
+              alpha_or_rule = static_cast<C>(alpha);
+            }
             launch_items<T, kVec>(&reweight_kernel<T, kVec, kMask, kWrite>, n, 0, stream, gp, gsp,
-                                  skip.const_data_ptr<float>(), ip, static_cast<C>(alpha), static_cast<C>(eps),
-                                  alpha != 1.0, sp, valid,
-                                  rule_scalars<C>(has_rule, rule_regions, rule_bound, rule_in_sam, rule_in_sgd,
-                                                  rule_out_sam, rule_out_sgd));
+                                  skip.const_data_ptr<float>(), ip, alpha_or_rule, static_cast<C>(eps),
+                                  alpha != 1.0, sp, valid);
           }
         });
       });
