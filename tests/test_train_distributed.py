@@ -115,7 +115,10 @@ def test_global_mode_equals_one_process(runs):
         assert [r1[i] for i in keep] == [r2[i] for i in keep]
     assert t1[1][group_b] == t2[1][group_b] == "-"
     assert abs(float(t1[2][group_b]) - float(t2[2][group_b])) <= 1.0
-    for run, tol in (("sgd", 5e-5), ("saner", 2e-3)):  # measured here: 6e-6 and 2.4e-4
+    # measured here: sgd 6e-6; saner 3.2e-3 with alpha 0.5 from the first epoch (the authors' schedule at k = 1):
+    # fp32 components near the Group A/B boundary flip between one and two processes, and alpha < 1 makes a
+    # flip count. A missing or doubled all-reduce moves the weights by 1e-1.
+    for run, tol in (("sgd", 5e-5), ("saner", 1e-2)):
         c1, c2 = checkpoint(one, run), checkpoint(two, run)
         assert c1["world_size"] == 1 and c2["world_size"] == 2
         assert c1["model"].keys() == c2["model"].keys()  # GlobalBatchNorm2d keeps BatchNorm2d's state dict
