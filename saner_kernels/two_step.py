@@ -264,7 +264,8 @@ def reweight_into_grad(
     direction = bucket.scratch()
     inputs = dict(scale=scale, skip=skip, stats=stats, inv_scale=inv_scale, gsam_k=gsam_k)
     update_bucket(entry, buckets, zero_grads=False, direction=direction, **inputs)
-    bucket.flat_grad.copy_(torch.where(skip != 0, bucket.flat_grad, direction))
+    # In place (no temporary the size of the bucket); a skipped step leaves p.grad as it was.
+    torch.where(skip != 0, bucket.flat_grad, direction, out=bucket.flat_grad)
 
 
 def _optional_switches(group: dict, gsam_k: Optional[Tensor]) -> dict:
