@@ -269,3 +269,37 @@ def test_second_pass_convention_without_the_first_backward_is_refused():
     with pytest.raises(RuntimeError, match="both_passes"):
         opt.step(lambda: loss_fn(model, batches("mlp", 1, dtype=torch.float64)[0]).backward())
     assert max_rel_err(model, before) == 0.0
+
+
+@pytest.mark.parametrize("base", ["adamw", "adamw-fused"])
+def test_grad_scaler_over_adamw_equals_unscaled_and_an_overflow_skips_and_backs_off(base):
+    """GradScaler steps SANER over AdamW: the update unscales both gradients, an overflow found in the first
+    pass skips the step (AdamW's own step too: on the device for the fused one) and the scale backs off."""
+    base_cls, base_kw = BASES[base]
+    model = MODELS["mlp"]()
+    plain = twin(model)
+    data = batches("mlp", 4)
+    opt = SANER(model.parameters(), base_cls, alpha=0.5, **SAM_KW, **base_kw)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for batch in data:
+        scaler.scale(loss_fn(model, batch)).backward()
+        opt.first_step(zero_grad=True)
+        scaler.scale(loss_fn(model, batch)).backward()
+        scaler.step(opt)
+        scaler.update()
+    run_two_step(plain, SANER(plain.parameters(), base_cls, alpha=0.5, **SAM_KW, **base_kw), data)
+    assert max_rel_err(model, plain) < 1e-6 and opt.skipped_steps == 0
+    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    scale = scaler.get_scale()
+    batch = batches("mlp", 1, seed=7)[0]
+    scaler.scale(loss_fn(model, batch) * float("inf")).backward()  # the first pass overflows
+    opt.first_step(zero_grad=True)
+    scaler.scale(loss_fn(model, batch)).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert opt.skipped_steps == 1 and scaler.get_scale() == scale / 2
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[0][k]), k
+    for i, st in opt.state_dict()["state"].items():
+        for name, v in st.items():
+            assert torch.equal(v, before[1]["state"][i][name]), (i, name)

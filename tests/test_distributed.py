@@ -40,6 +40,7 @@ COLLECTIVE_TIMEOUT_S = 60
 BACKENDS = ("reference", "cpp")
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, rho=0.2, alpha=0.5, ratio_eps=1e-8)
 TOL = 1e-12
+ADAMW = dict(lr=0.01, weight_decay=0.05)  # SANER over AdamW: the base's own arguments
 
 
 # ---------------------------------------------------------------------------------------------- shared
@@ -80,11 +81,19 @@ def _make_optimizer(ddp, case: dict):
     from saner_kernels import SANER
 
     kwargs = dict(HYPER, backend=case["backend"], track_groups=True)
+    if case.get("base") == "adamw":
+        kwargs = dict(_over_adamw(), backend=case["backend"], track_groups=True)
     if case["mode"] == "local":
         kwargs.update(ddp=ddp, ddp_mode="local")
     elif case.get("explicit_ddp"):
         kwargs.update(ddp=ddp, ddp_mode="global")
     return SANER(ddp.parameters(), **kwargs)
+
+
+def _over_adamw() -> dict:
+    """SANER's arguments over torch.optim.AdamW (positional base given as a keyword)."""
+    sam = {k: HYPER[k] for k in ("rho", "alpha", "ratio_eps")}
+    return dict(sam, base_optimizer=torch.optim.AdamW, **ADAMW)
 
 
 def _fractions(opt) -> dict:
@@ -211,6 +220,8 @@ def phase1_cases() -> list[dict]:
         cases.append(dict(name=f"local-{b}", mode="local", backend=b, gabv=False, steps=STEPS, save=True))
         for mode in ("global", "local"):
             cases.append(dict(name=f"skip-{mode}-{b}", mode=mode, backend=b, gabv=False, steps=3, inf_at=INF_AT))
+        for mode in ("global", "local"):  # SANER over AdamW: the reweighted gradient, then AdamW's own step
+            cases.append(dict(name=f"{mode}-adamw-{b}", mode=mode, backend=b, gabv=False, steps=STEPS, base="adamw"))
     cases.append(dict(name="global-explicit-ddp", mode="global", backend="reference", gabv=False, steps=STEPS))
     cases[-1]["explicit_ddp"] = True
     cases.append(dict(name="fsdp", mode="fsdp"))
@@ -246,12 +257,13 @@ def results_of(ranks: list[dict], name: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- references
-def single_process_saner(backend: str, steps: int = STEPS) -> list[tuple]:
+def single_process_saner(backend: str, steps: int = STEPS, base: str = "sgd") -> list[tuple]:
     """One process, SANER on the whole global batch: (weights, momentum, group fractions) after each step."""
     from saner_kernels import SANER
 
     model = make_model()
-    opt = SANER(model.parameters(), **HYPER, backend=backend, track_groups=True)
+    kwargs = _over_adamw() if base == "adamw" else HYPER
+    opt = SANER(model.parameters(), **kwargs, backend=backend, track_groups=True)
     out = []
     for step in range(steps):
         x, y = global_batch(step)
@@ -263,7 +275,7 @@ def single_process_saner(backend: str, steps: int = STEPS) -> list[tuple]:
     return out
 
 
-def simulate_local(steps: int = STEPS) -> list[tuple]:
+def simulate_local(steps: int = STEPS, base: str = "sgd") -> list[tuple]:
     """Per-replica SANER from the math, one process, no optimizer: per shard r, g1 = grad at w,
     e = rho * g1 / (||g1|| + 1e-12), g2 = grad at w + e, d_r = alpha * g2 on Group B (0 < g2 / (g1 + eps) < 1)
     else g2; then d = mean_r d_r, d += wd * w, buf = d (first step) or mu * buf + d, w -= lr * buf.
@@ -281,6 +293,8 @@ def simulate_local(steps: int = STEPS) -> list[tuple]:
         return torch.autograd.grad(loss_fn(model(x), y), params)
 
     w = [p.detach().clone() for p in params]
+    adamw_weights = [wi.clone().requires_grad_() for wi in w]
+    adamw = torch.optim.AdamW(adamw_weights, **ADAMW)  # the base steps on the averaged reweighted gradient
     for step in range(steps):
         x, y = global_batch(step)
         ds, counts = [], torch.zeros(3, dtype=torch.int64)
@@ -298,7 +312,14 @@ def simulate_local(steps: int = STEPS) -> list[tuple]:
                 counts += torch.stack([in_a.sum(), in_b.sum(), (~in_a & ~in_b).sum()])
                 d_rank.append(torch.where(in_b, a * h["alpha"], a))
             ds.append(d_rank)
-        d = [(a + b) / WORLD for a, b in zip(*ds)]
+        d = [(a / WORLD) + (b / WORLD) for a, b in zip(*ds)]  # divided, then summed: as the all-reduce does
+        if base == "adamw":
+            for p, di in zip(adamw_weights, d):
+                p.grad = di
+            adamw.step()
+            w = [p.detach().clone() for p in adamw_weights]
+            out.append((torch.cat([t.reshape(-1) for t in w]), torch.zeros(0, dtype=torch.float64), counts))
+            continue
         d = [di + h["weight_decay"] * wi for di, wi in zip(d, w)]
         bufs = d if bufs is None else [h["momentum"] * bi + di for bi, di in zip(bufs, d)]
         w = [wi - h["lr"] * bi for wi, bi in zip(w, bufs)]
@@ -403,6 +424,19 @@ def test_resume_in_fresh_ranks_continues_bit_for_bit(phase1, phase2, mode, backe
         for i, step in enumerate(range(SAVE_AT, STEPS)):
             assert torch.equal(resumed[rank]["params"][i], full[rank]["params"][step]), (rank, step)
             assert torch.equal(resumed[rank]["state"][i], full[rank]["state"][step]), (rank, step)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_over_adamw_global_mode_equals_one_process_and_local_mode_the_simulation(phase1, backend):
+    glob = results_of(phase1[1], f"global-adamw-{backend}")
+    assert_ranks_identical(glob)
+    for step, (w_ref, _, _) in enumerate(single_process_saner(backend, base="adamw")):
+        assert rel_err(glob[0]["params"][step], w_ref) <= TOL, step
+    local = results_of(phase1[1], f"local-adamw-{backend}")
+    assert_ranks_identical(local)
+    for step, (w_sim, _, _) in enumerate(simulate_local(base="adamw")):
+        assert rel_err(local[0]["params"][step], w_sim) <= TOL, step
+    assert rel_err(local[0]["params"][-1], glob[0]["params"][-1]) > 1e-6  # per-replica is not global
 
 
 def test_fsdp_parameters_are_refused_with_an_error_naming_ddp(phase1):
