@@ -33,11 +33,8 @@ from contract_cases import (
     no_skip,
     pairwise,
     rule_edges,
-    rule_switch_id,
     run_step,
     scale_for,
-    switch_id,
-    variant_switch_id,
 )
 
 import saner_kernels
@@ -159,7 +156,7 @@ def _restore_roundtrip(ops, t: dict, adaptive: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("isa", ["avx2"], indirect=True)
-@pytest.mark.parametrize("switches", SWITCHES, ids=switch_id)
+@pytest.mark.parametrize(*pairwise(switches=SWITCHES))
 def test_avx2_fp32_bit_identical_to_reference(cpp, isa, switches):
     """With ATen's vector ISA (AVX2/AVX512: both fuse torch.add's alpha steps) every fp32 result is exact."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
@@ -191,7 +188,7 @@ def _restore_with_average(ops, t: dict, avg: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("isa", ["avx2"], indirect=True)
-@pytest.mark.parametrize("switches", VARIANT_SWITCHES, ids=variant_switch_id)
+@pytest.mark.parametrize(*pairwise(switches=VARIANT_SWITCHES))
 def test_avx2_fp32_sam_family_bit_identical_to_reference(cpp, isa, switches):
     """The SAM family (averages, GSAM, reweight_): every fp32 result exact on AVX2, like the other switches'."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
@@ -211,8 +208,7 @@ def test_avx2_fp32_sam_family_bit_identical_to_reference(cpp, isa, switches):
 
 
 @pytest.mark.parametrize("isa", ["default"], indirect=True)
-@pytest.mark.parametrize("switches", VARIANT_SWITCHES[::3], ids=variant_switch_id)
-@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
+@pytest.mark.parametrize(*pairwise(switches=VARIANT_SWITCHES[::3], dtype=DTYPES + (torch.float64,)))
 def test_baseline_isa_build_sam_family(cpp, isa, dtype, switches):
     """The baseline-ISA update loop with an average and GSAM, and its reweight_ loop."""
     n = 65536 + 77
@@ -230,9 +226,7 @@ def test_baseline_isa_build_sam_family(cpp, isa, dtype, switches):
 
 
 @pytest.mark.parametrize("isa", ["default"], indirect=True)
-@pytest.mark.parametrize("switches", SWITCHES[::5], ids=switch_id)
-@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
-@pytest.mark.parametrize("n", (1024, 65536 + 77))
+@pytest.mark.parametrize(*pairwise(switches=SWITCHES[::5], dtype=DTYPES + (torch.float64,), n=(1024, 65536 + 77)))
 def test_baseline_isa_build(cpp, isa, n, dtype, switches):
     """The baseline-ISA kernels (CPUs without AVX2, other architectures) within the contract tolerances."""
     for variant in STEP_VARIANTS:
@@ -578,8 +572,7 @@ def test_avx2_fp32_group_rule_bit_identical_to_reference(cpp, isa, switches):
 
 
 @pytest.mark.parametrize("isa", ["default"], indirect=True)
-@pytest.mark.parametrize("switches", RULE_SWITCHES[::37], ids=rule_switch_id)
-@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
+@pytest.mark.parametrize(*pairwise(switches=RULE_SWITCHES[::37], dtype=DTYPES + (torch.float64,)))
 def test_baseline_isa_build_group_rule(cpp, isa, dtype, switches):
     """The baseline-ISA update and reweight_ loops with a group rule."""
     n = 65536 + 77
