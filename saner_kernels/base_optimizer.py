@@ -10,15 +10,10 @@ optimizers build theirs when it is empty), which ``state_dict()`` holds beside S
 
 from __future__ import annotations
 
-import inspect
 from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
-
-# torch.optim.SGD's settings the fused update implements; the rest of its arguments (foreach, fused,
-# differentiable) choose an implementation and are accepted as they are.
-_SGD_MATH = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
 
 def build(base_optimizer, param_groups: list, kwargs: dict, own_keys: Iterable[str]) -> torch.optim.Optimizer:
@@ -59,7 +54,8 @@ def build(base_optimizer, param_groups: list, kwargs: dict, own_keys: Iterable[s
 
 
 def is_fused_sgd(base: torch.optim.Optimizer) -> bool:
-    """Plain ``torch.optim.SGD``: the fused SGD-momentum update replaces its step."""
+    """Plain ``torch.optim.SGD``: the fused SGD-momentum update replaces its step (its ``foreach``, ``fused``
+    and ``differentiable`` choose an implementation and are accepted as they are)."""
     return type(base) is torch.optim.SGD
 
 
@@ -70,10 +66,7 @@ def step_unless_skipped(base: torch.optim.Optimizer, skip: Optional[Tensor]) -> 
     if skip is None:
         base.step()
         return
-    if (
-        getattr(base, "_step_supports_amp_scaling", False)
-        and "grad_scaler" not in inspect.signature(base.step).parameters
-    ):
+    if getattr(base, "_step_supports_amp_scaling", False):  # what GradScaler.step hands such an optimizer
         base.grad_scale, base.found_inf = None, skip
         try:
             base.step()
