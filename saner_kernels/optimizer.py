@@ -229,7 +229,9 @@ class SANER(torch.optim.Optimizer):
             self._skips.expect_skips()
         if step.skip is not None:
             self._skips.add(step.skip)
-        if self.track_groups == "per_parameter":
+        if self.track_groups == "per_parameter":  # read the parameters' gradients as the update will
+            for entry in step.entries:
+                entry.bucket.gather_grads()
             self._group_stats.record_per_parameter(
                 step.entries, partial(two_step.update_factor, step, scaling), step.skip
             )

@@ -184,3 +184,20 @@ def test_alpha_schedule_resumes():
 def test_bad_group_or_rule_is_refused(call, error):
     with pytest.raises(ValueError, match=error):
         call(list(MODELS["mlp"]().parameters()))
+
+
+def test_per_parameter_fractions_read_a_gradient_that_replaced_the_view():
+    """A second backward after ``zero_grad(set_to_none=True)`` on the model: the counts see that gradient."""
+    model = MODELS["mlp"](dtype=torch.float64)
+    opt = SANER(model.parameters(), alpha=0.5, track_groups="per_parameter", **SGD)
+    batch = batches("mlp", 1, dtype=torch.float64)[0]
+    loss_fn(model, batch).backward()
+    g1 = [p.grad.clone() for p in model.parameters()]
+    opt.first_step(zero_grad=True)
+    model.zero_grad(set_to_none=True)
+    loss_fn(model, batch).backward()
+    g2 = [p.grad.clone() for p in model.parameters()]
+    opt.second_step(zero_grad=True)
+    for fractions, a, b in zip(opt.parameter_group_fractions(), g1, g2):
+        r = b / (a + 1e-8)
+        assert fractions["B"] == float(((r > 0) & (r < 1)).double().mean())
